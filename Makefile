@@ -1,0 +1,42 @@
+# The two commands of the README: `make book` builds the site, `make test` runs every test.
+# Both create .venv and install the pinned dependencies on their first run; after that they
+# need no network.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+
+# TensorFlow's C++ start-up notices would otherwise land in every chapter's stderr.
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: book test clean
+
+$(INSTALLED): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip==26.3"
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps --no-build-isolation --editable .
+	@touch $@
+
+# The execution cache is keyed on each chapter's code by jupyter-cache; the package's source is
+# hashed here too, and a change to it clears the cache, so no page shows stale outputs.
+book: $(INSTALLED)
+	@start=$$(date +%s); \
+	source_hash=$$(cat $$(find src -name '*.py' | sort) pyproject.toml requirements.txt | sha256sum | cut -c1-16); \
+	if [ "$$(cat _build/.source-hash 2>/dev/null)" != "$$source_hash" ]; then rm -rf _build/.jupyter_cache; fi; \
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going; status=$$?; \
+	if [ $$status -eq 0 ]; then echo "$$source_hash" > _build/.source-hash; fi; \
+	echo "make book: $$(( $$(date +%s) - start )) s (exit $$status)"; \
+	exit $$status
+
+test: $(INSTALLED)
+	@start=$$(date +%s); \
+	$(BIN)/python -m pytest; status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s (exit $$status)"; \
+	exit $$status
+
+clean:
+	rm -rf _build

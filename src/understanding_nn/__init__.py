@@ -1,0 +1,31 @@
+"""Understanding NN: interpreting and explaining Keras 3 models.
+
+The package behind the *Understanding NN* textbook (Montavon, Samek & Müller, *Methods for
+Interpreting and Understanding Deep Neural Networks*, Digital Signal Processing 73, 2018).
+
+>>> import understanding_nn as unn
+>>> R = unn.explain(model, x, method="sensitivity", target=labels)   # doctest: +SKIP
+>>> unn.methods()                                                     # doctest: +SKIP
+
+Modules, by idea: :mod:`~understanding_nn.data` (MNIST, cluttered MNIST, toys),
+:mod:`~understanding_nn.models` (the model zoo), :mod:`~understanding_nn.attribution` (the
+uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-based methods) and
+:mod:`~understanding_nn.plotting` (heatmaps).
+"""
+
+__version__ = "0.1.0"
+
+from . import attribution, data, gradients, models, plotting  # noqa: E402
+from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
+
+__all__ = [
+    "UnsupportedModelError",
+    "__version__",
+    "attribution",
+    "data",
+    "explain",
+    "gradients",
+    "methods",
+    "models",
+    "plotting",
+]

@@ -1,0 +1,355 @@
+"""One call for every attribution method: :func:`explain`.
+
+Every explanation in the book (Part II onwards) goes through this module. It does, once and for
+every method, what each method would otherwise repeat:
+
+* checks the model (a built Keras 3 Sequential or functional model with one input and a 2-D
+  output of class scores) and finds its **logits**: a final softmax or sigmoid is stripped, because
+  explanations start from the class score :math:`S_c(x)`, not from a probability (Montavon et al.
+  2018, §2; the original tutorial's LRP started from the softmax, which this fixes);
+* validates the input batch (shape, floating dtype, finite values) with errors that name the
+  problem;
+* resolves the target: an int for every sample, one class index per sample, or ``None`` for the
+  class the model predicts;
+* splits the batch and runs the method's compiled per-batch function on each part.
+
+A method is a plain function ``method(model, x, target=None, *, batch_size=..., **params)``
+registered under its name with :func:`register`; :func:`explain` dispatches to it by name and
+:func:`methods` lists the names.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "Target",
+    "UnsupportedModelError",
+    "batch_signature",
+    "compiled",
+    "explain",
+    "logit_function",
+    "methods",
+    "predict_logits",
+    "register",
+    "resolve_target",
+    "run_batched",
+    "validate_input",
+    "validate_model",
+]
+
+DEFAULT_BATCH_SIZE = 256
+
+Target = Union[int, Sequence[int], np.ndarray, None]
+
+BatchFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+_METHODS: dict[str, Callable[..., np.ndarray]] = {}
+
+
+class UnsupportedModelError(ValueError):
+    """The model (or one of its layers) cannot be explained by the requested method."""
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+
+def register(name: str) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Register an attribution function under ``name`` so that :func:`explain` can find it."""
+
+    def decorate(function: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        if name in _METHODS:
+            raise ValueError(f"an attribution method named {name!r} is already registered")
+        _METHODS[name] = function
+        return function
+
+    return decorate
+
+
+def methods() -> list[str]:
+    """The names of the attribution methods that :func:`explain` accepts, sorted."""
+    return sorted(_METHODS)
+
+
+def explain(
+    model: keras.Model,
+    x: Any,
+    method: str,
+    target: Target = None,
+    **params: Any,
+) -> np.ndarray:
+    """Explain the decisions of ``model`` on the batch ``x`` with the attribution ``method``.
+
+    Parameters
+    ----------
+    model
+        A built Keras 3 Sequential or functional model with one input and one output of class
+        scores, shape ``(batch, n_classes)``. A final softmax or sigmoid is ignored: the method
+        explains the logit :math:`S_c(x)`.
+    x
+        A batch of inputs, NumPy array or tensor, shaped like the model's input
+        (``(N, 28, 28, 1)`` for the book's MNIST models), floating point, finite.
+    method
+        One of :func:`methods`, for example ``"gradient"`` or ``"sensitivity"``.
+    target
+        The class to explain: an int (the same class for every sample), a sequence of ``N`` class
+        indices, or ``None`` for the class the model predicts for each sample.
+    **params
+        The method's own parameters (see the method's function), and ``batch_size``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The relevance :math:`R(x)`, float32, with the same shape as ``x``.
+
+    Examples
+    --------
+    >>> R = explain(model, x_test[:10], method="sensitivity", target=y_test[:10])  # doctest: +SKIP
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a method name (str), got {type(method).__name__}")
+    try:
+        function = _METHODS[method]
+    except KeyError:
+        raise ValueError(
+            f"unknown attribution method {method!r}; available methods: {', '.join(methods())}"
+        ) from None
+    accepted = [
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"method {method!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters are: {', '.join(accepted)}"
+        )
+    return function(model, x, target, **params)
+
+
+# --------------------------------------------------------------------------------------------
+# Model, input and target checks
+# --------------------------------------------------------------------------------------------
+
+
+def validate_model(model: Any) -> keras.Model:
+    """Check that ``model`` is a built, single-input Keras model with a ``(batch, classes)`` output."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a Keras 3 model (keras.Model), got {type(model).__name__}")
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if not inputs or not outputs:
+        raise UnsupportedModelError(
+            f"model {model.name!r} has no symbolic inputs and outputs; explanations need a "
+            "Sequential model with an Input (or a built input shape) or a functional model"
+        )
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UnsupportedModelError(
+            f"model {model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs; "
+            "explanations need exactly one of each"
+        )
+    if len(outputs[0].shape) != 2:
+        raise UnsupportedModelError(
+            f"model {model.name!r} outputs shape {tuple(outputs[0].shape)}; explanations need "
+            "one score per class, shape (batch, n_classes)"
+        )
+    return model
+
+
+def validate_input(model: keras.Model, x: Any) -> np.ndarray:
+    """Return ``x`` as a float32 NumPy batch after checking it fits ``model``.
+
+    Raises a ``TypeError`` for a non-numeric or integer dtype and a ``ValueError`` for a wrong
+    shape, an empty batch, or non-finite values, each naming what is wrong.
+    """
+    if isinstance(x, tf.Tensor):
+        x = x.numpy()
+    x = np.asarray(x)
+    if x.dtype.kind in "iub":
+        raise TypeError(
+            f"x has dtype {x.dtype}; explanations need floating-point inputs "
+            "(for 8-bit images use x.astype('float32') / 255 to map them to [0, 1])"
+        )
+    if x.dtype.kind != "f":
+        raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
+    expected = tuple(model.inputs[0].shape)
+    sample_shape = expected[1:]
+    if x.ndim == len(sample_shape) and _shape_fits(x.shape, sample_shape):
+        raise ValueError(
+            f"x has shape {x.shape}, a single sample; explanations take a batch, "
+            f"shape (N, {', '.join(map(str, sample_shape))}): use x[None] for one sample"
+        )
+    if x.ndim != len(expected) or not _shape_fits(x.shape[1:], sample_shape):
+        raise ValueError(
+            f"x has shape {x.shape} but model {model.name!r} expects inputs of shape "
+            f"{_format_shape(expected)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch (0 samples)")
+    finite = np.isfinite(x)
+    if not finite.all():
+        raise ValueError(f"x contains {int((~finite).sum())} NaN or infinite values")
+    return x.astype(np.float32, copy=False)
+
+
+def resolve_target(
+    model: keras.Model, x: np.ndarray, target: Target, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """Turn ``target`` into one class index per sample of ``x`` (int32 array of length N).
+
+    ``None`` means the predicted class, :math:`\\arg\\max_c S_c(x)`.
+    """
+    n_samples = x.shape[0]
+    n_classes = int(model.outputs[0].shape[-1])
+    if target is None:
+        return np.argmax(predict_logits(model, x, batch_size=batch_size), axis=1).astype(np.int32)
+    if isinstance(target, tf.Tensor):
+        target = target.numpy()
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError("target must be a class index, a sequence of class indices or None, not a bool")
+    if isinstance(target, (int, np.integer)):
+        indices = np.full(n_samples, int(target))
+    else:
+        indices = np.asarray(target)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(
+                f"target must hold integer class indices, got dtype {indices.dtype}"
+                + (" (one-hot labels? use labels.argmax(axis=1))" if indices.ndim == 2 else "")
+            )
+        if indices.shape != (n_samples,):
+            raise ValueError(
+                f"target has shape {indices.shape}; it needs one class index per sample, "
+                f"shape ({n_samples},)"
+            )
+    bad = (indices < 0) | (indices >= n_classes)
+    if bad.any():
+        raise ValueError(
+            f"target {int(indices[bad][0])} is out of range: the model has {n_classes} classes "
+            f"(0 to {n_classes - 1})"
+        )
+    return indices.astype(np.int32)
+
+
+def _shape_fits(shape: Sequence[int], expected: Sequence[int | None]) -> bool:
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+
+
+def _format_shape(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+# --------------------------------------------------------------------------------------------
+# Logits and compiled per-model functions
+# --------------------------------------------------------------------------------------------
+
+# Compiled functions are cached per model. The cached values never hold the model itself (only
+# its layers), so that a model that goes out of scope is freed together with its functions.
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+_SQUASHING = ("softmax", "sigmoid")
+
+
+def compiled(model: keras.Model, key: str, build: Callable[[], Any]) -> Any:
+    """Return the function ``build()`` made for ``model`` under ``key``, building it once."""
+    functions = _COMPILED.setdefault(model, {})
+    if key not in functions:
+        functions[key] = build()
+    return functions[key]
+
+
+def logit_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A function mapping a batch to the model's logits :math:`S(x)`, in inference mode.
+
+    If the model ends in a softmax or sigmoid, either as the activation of its last Dense layer
+    or as a separate ``Activation``/``Softmax`` layer, that squashing is left out.
+    """
+    validate_model(model)
+
+    def build() -> Callable[[tf.Tensor], tf.Tensor]:
+        last = model.layers[-1]
+        activation = getattr(last, "activation", None)
+        squashing = getattr(activation, "__name__", None) in _SQUASHING
+        if isinstance(last, keras.layers.Softmax) or (
+            isinstance(last, keras.layers.Activation) and squashing
+        ):
+            body = keras.Model(model.inputs, last.input)
+            return lambda x: body(x, training=False)
+        if squashing:
+            if not isinstance(last, keras.layers.Dense):
+                raise UnsupportedModelError(
+                    f"the last layer {last.name!r} ({type(last).__name__}) applies a "
+                    f"{activation.__name__}; only a Dense layer's or a separate activation "
+                    "layer's squashing can be removed to reach the logits"
+                )
+            body = keras.Model(model.inputs, last.input)
+
+            def dense_logits(x: tf.Tensor) -> tf.Tensor:
+                z = tf.matmul(body(x, training=False), last.kernel)
+                return z + last.bias if last.use_bias else z
+
+            return dense_logits
+        whole = keras.Model(model.inputs, model.outputs)
+        return lambda x: whole(x, training=False)
+
+    return compiled(model, "logits", build)
+
+
+def batch_signature(model: keras.Model) -> list[tf.TensorSpec]:
+    """The ``input_signature`` ``[x, target]`` of a compiled per-batch function of ``model``.
+
+    Fixing it (with an open batch size) traces each function once per model, whatever the sizes
+    of the batches.
+    """
+    x_spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+    return [x_spec, tf.TensorSpec((None,), tf.int32)]
+
+
+def predict_logits(model: keras.Model, x: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """The logits :math:`S(x)` of ``model`` for the batch ``x``, shape ``(N, n_classes)``."""
+    x = validate_input(validate_model(model), x)
+    logits = logit_function(model)
+    forward = compiled(
+        model, "forward", lambda: tf.function(logits, input_signature=batch_signature(model)[:1])
+    )
+    parts = [forward(tf.constant(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return np.concatenate([p.numpy() for p in parts], axis=0)
+
+
+def run_batched(
+    model: keras.Model,
+    x: Any,
+    target: Target,
+    batch_function: BatchFunction,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> np.ndarray:
+    """Validate, resolve the target, and apply ``batch_function(x_batch, target_batch)`` per batch.
+
+    This is the shared body of every attribution function: ``batch_function`` receives a float32
+    tensor of at most ``batch_size`` samples and their int32 targets, and returns the relevance
+    of that batch with the same shape.
+    """
+    validate_model(model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x = validate_input(model, x)
+    targets = resolve_target(model, x, target, batch_size)
+    parts = []
+    for start in range(0, len(x), batch_size):
+        stop = start + batch_size
+        relevance = batch_function(tf.constant(x[start:stop]), tf.constant(targets[start:stop]))
+        parts.append(np.asarray(relevance, dtype=np.float32))
+    return np.concatenate(parts, axis=0)

@@ -1,0 +1,425 @@
+"""The model zoo: the book's named architectures, trained once with fixed seeds and cached.
+
+Every chapter that needs a trained network calls :func:`load` with a name from :func:`available`.
+The first call trains the model deterministically (fixed seeds, the training settings of its
+zoo entry) on the data of :mod:`understanding_nn.data` and stores its weights; later calls, from
+any chapter, read them back. A chapter never trains a model another chapter already trained.
+
+The architectures are those of the original tutorial (see ``ORIGINAL-NOTEBOOKS.md``), with its
+defects fixed: dropout *rates* (not keep-probabilities), logits as outputs (no softmax layer;
+the loss applies it), and seeds.
+
+Cache: ``$UNDERSTANDING_NN_CACHE`` if set, else ``$XDG_CACHE_HOME/understanding_nn`` (by default
+``~/.cache/understanding_nn``). Each model is stored as ``<name>-<key>.weights.h5`` (Keras's safe
+HDF5 weights format; nothing is pickled) next to a JSON card with its test accuracy. The key
+hashes the architecture's code and arguments, the training settings and code, and the package
+version, so any change to them trains a new model instead of reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import __version__
+from . import data as _data
+
+__all__ = [
+    "CACHE_ENV",
+    "TrainingConfig",
+    "ZooEntry",
+    "all_conv_net",
+    "available",
+    "build",
+    "cache_dir",
+    "circle_model",
+    "conv_net",
+    "entry",
+    "evaluate",
+    "gap_cnn",
+    "info",
+    "load",
+    "mlp",
+    "strided_cnn",
+    "train",
+]
+
+CACHE_ENV = "UNDERSTANDING_NN_CACHE"
+
+
+# --------------------------------------------------------------------------------------------
+# Architectures (untrained)
+# --------------------------------------------------------------------------------------------
+
+
+def mlp(
+    hidden: tuple[int, ...] = (512, 100),
+    *,
+    use_bias: bool = True,
+    dropout: float = 0.0,
+    input_shape: tuple[int, ...] = _data.IMAGE_SHAPE,
+    n_classes: int = _data.N_CLASSES,
+    name: str = "mlp",
+) -> keras.Sequential:
+    """A ReLU multilayer perceptron: flatten, ``hidden`` dense ReLU layers, dense logits."""
+    layers: list[keras.layers.Layer] = [keras.Input(input_shape), keras.layers.Flatten()]
+    for units in hidden:
+        layers.append(keras.layers.Dense(units, activation="relu", use_bias=use_bias))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(n_classes, use_bias=use_bias, name="logits"))
+    return keras.Sequential(layers, name=name)
+
+
+def conv_net(
+    *,
+    filters: tuple[int, ...] = (32, 64, 128),
+    pooling: str = "max",
+    use_bias: bool = True,
+    dense: int = 625,
+    dropout: float = 0.0,
+    input_shape: tuple[int, ...] = _data.IMAGE_SHAPE,
+    n_classes: int = _data.N_CLASSES,
+    name: str = "cnn",
+) -> keras.Sequential:
+    """The book's CNN: blocks of 3×3 convolution (same padding) + ReLU + 2×2 pooling, then a
+    dense ReLU layer and dense logits (28 → 14 → 7 → 4 with three blocks).
+
+    ``pooling`` is ``"max"`` or ``"avg"``; ``dropout`` (a drop rate) follows each block and the
+    dense layer when non-zero.
+    """
+    if pooling not in ("max", "avg"):
+        raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    pool = keras.layers.MaxPooling2D if pooling == "max" else keras.layers.AveragePooling2D
+    layers: list[keras.layers.Layer] = [keras.Input(input_shape)]
+    for n_filters in filters:
+        layers.append(keras.layers.Conv2D(n_filters, 3, padding="same", activation="relu", use_bias=use_bias))
+        layers.append(pool(2, padding="same"))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
+    layers += [keras.layers.Flatten(), keras.layers.Dense(dense, activation="relu", use_bias=use_bias)]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(n_classes, use_bias=use_bias, name="logits"))
+    return keras.Sequential(layers, name=name)
+
+
+def strided_cnn(
+    *,
+    input_shape: tuple[int, ...] = _data.IMAGE_SHAPE,
+    n_classes: int = _data.N_CLASSES,
+    name: str = "cnn_stride2",
+) -> keras.Sequential:
+    """Two 4×4 convolutions with stride 2 (28 → 14 → 7), no pooling, dense 128, logits."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(32, 4, strides=2, padding="same", activation="relu"),
+            keras.layers.Conv2D(64, 4, strides=2, padding="same", activation="relu"),
+            keras.layers.Dropout(0.25),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(n_classes, name="logits"),
+        ],
+        name=name,
+    )
+
+
+def all_conv_net(
+    *,
+    input_shape: tuple[int, ...] = _data.IMAGE_SHAPE,
+    n_classes: int = _data.N_CLASSES,
+    name: str = "allconv",
+) -> keras.Sequential:
+    """An all-convolutional net (Springenberg et al. 2014): strided 2×2 convolutions replace
+    pooling, 1×1 convolutions give one map per class, and global average pooling gives the logits.
+
+    Unlike the original tutorial's version, the class maps have no ReLU, so logits can be negative.
+    """
+    def conv(filters: int, size: int, strides: int = 1, activation: str | None = "relu") -> keras.layers.Conv2D:
+        return keras.layers.Conv2D(filters, size, strides=strides, padding="same", activation=activation)
+
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            conv(32, 3), conv(32, 2, strides=2),
+            conv(64, 3), conv(64, 2, strides=2),
+            conv(128, 3), conv(128, 1),
+            conv(n_classes, 1, activation=None),
+            keras.layers.GlobalAveragePooling2D(name="logits"),
+        ],
+        name=name,
+    )
+
+
+def gap_cnn(
+    *,
+    input_shape: tuple[int, ...] = (40, 40, 1),
+    n_classes: int = _data.N_CLASSES,
+    name: str = "gap_cnn",
+) -> keras.Sequential:
+    """The CAM network (Zhou et al. 2016) for 40×40 cluttered MNIST: three 3×3 convolutions with
+    two 2×2 max-poolings (40 → 20 → 10), global average pooling, and a bias-free dense layer.
+
+    Without a bias the logit is exactly the spatial mean of the class activation map.
+    """
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="last_conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(n_classes, use_bias=False, name="logits"),
+        ],
+        name=name,
+    )
+
+
+def circle_model(radius: float = 3.0) -> keras.Model:
+    """The fixed (untrained) two-class model of the circle toy (chapter 2.1).
+
+    Its logits are :math:`S_1(x) = g(x) = x_1^2 + x_2^2 - r^2` ("outside") and
+    :math:`S_0(x) = -g(x)` ("inside"), so :math:`\\nabla S_1 = 2x`.
+    """
+    inputs = keras.Input((2,))
+    g = keras.layers.Lambda(
+        lambda x: keras.ops.sum(keras.ops.square(x), axis=1, keepdims=True) - radius**2, name="g"
+    )(inputs)
+    logits = keras.layers.Concatenate(name="logits")([-g, g])
+    return keras.Model(inputs, logits, name="circle")
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a zoo model is trained: Adam on softmax cross-entropy of the logits.
+
+    ``dataset`` is ``"mnist"`` (:func:`understanding_nn.data.load_mnist`) or
+    ``"cluttered_mnist"`` (40×40 canvases with one digit from :func:`~understanding_nn.data.cluttered_mnist`,
+    ``n_canvases`` for training and a quarter as many, from the test digits, for testing).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    dataset: str = "mnist"
+    n_canvases: int = 8000
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A named architecture: how to build it, with which arguments, and how to train it."""
+
+    name: str
+    builder: Callable[..., keras.Model]
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    training: TrainingConfig = TrainingConfig()
+    accuracy_floor: float = 0.9
+
+    def build(self) -> keras.Model:
+        return self.builder(name=self.name, **self.kwargs)
+
+
+_ZOO: dict[str, ZooEntry] = {
+    zoo_entry.name: zoo_entry
+    for zoo_entry in [
+        ZooEntry("mlp", mlp, "784-512-100-10 ReLU MLP (chapters 1.1, 1.3)", {"hidden": (512, 100)}),
+        ZooEntry("mlp_4x512", mlp, "4×512 ReLU MLP with biases (2.3)", {"hidden": (512,) * 4}),
+        ZooEntry(
+            "mlp_4x512_nobias", mlp, "4×512 ReLU MLP without biases (2.2)",
+            {"hidden": (512,) * 4, "use_bias": False},
+        ),
+        ZooEntry(
+            "cnn", conv_net, "conv 32/64/128 + 2×2 max-pool + dense 625, dropout 0.25 (2.1, Part III)",
+            {"pooling": "max", "dropout": 0.25}, accuracy_floor=0.95,
+        ),
+        ZooEntry(
+            "cnn_nobias", conv_net, "the CNN with max-pooling and no biases (2.4, 3.1)",
+            {"pooling": "max", "use_bias": False}, accuracy_floor=0.95,
+        ),
+        ZooEntry(
+            "cnn_avgpool", conv_net, "the CNN with average pooling, with biases (2.5)",
+            {"pooling": "avg"}, accuracy_floor=0.95,
+        ),
+        ZooEntry(
+            "cnn_avgpool_nobias", conv_net, "the CNN with average pooling and no biases (5.1, 5.2)",
+            {"pooling": "avg", "use_bias": False}, accuracy_floor=0.95,
+        ),
+        ZooEntry("cnn_stride2", strided_cnn, "two stride-2 4×4 convolutions + dense 128 (2.6)", accuracy_floor=0.95),
+        ZooEntry("allconv", all_conv_net, "all-convolutional net with a GAP head (3.3)", accuracy_floor=0.93),
+        ZooEntry(
+            "gap_cnn", gap_cnn, "3 convolutions + global average pooling + dense, 40×40 cluttered MNIST (4.1)",
+            training=TrainingConfig(dataset="cluttered_mnist"), accuracy_floor=0.8,
+        ),
+    ]
+}
+
+
+def available() -> list[str]:
+    """Names of the zoo's models."""
+    return list(_ZOO)
+
+
+def entry(name: str) -> ZooEntry:
+    """The zoo entry ``name``: its builder, arguments, description and training settings."""
+    if not isinstance(name, str) or name not in _ZOO:
+        raise ValueError(f"unknown zoo model {name!r}; available: {', '.join(_ZOO)}")
+    return _ZOO[name]
+
+
+def build(name: str) -> keras.Model:
+    """The zoo architecture ``name``, untrained (initialised with the entry's seed)."""
+    zoo_entry = entry(name)
+    keras.utils.set_random_seed(zoo_entry.training.seed)
+    return zoo_entry.build()
+
+
+def cache_dir() -> Path:
+    """The folder where trained zoo models are stored (see the module docstring)."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "understanding_nn"
+
+
+def _cache_key(zoo_entry: ZooEntry, training: TrainingConfig) -> str:
+    recipe = {
+        "architecture": inspect.getsource(zoo_entry.builder),
+        "arguments": repr(sorted(zoo_entry.kwargs.items())),
+        "training": asdict(training),
+        "training_code": inspect.getsource(train) + inspect.getsource(_training_data),
+        "package": __version__,
+        "keras": keras.__version__,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _training_data(training: TrainingConfig) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    if training.dataset == "mnist":
+        return _data.load_mnist("train"), _data.load_mnist("test")
+    if training.dataset == "cluttered_mnist":
+        train_set = _data.cluttered_mnist(training.n_canvases, split="train", seed=training.seed)
+        test_set = _data.cluttered_mnist(training.n_canvases // 4, split="test", seed=training.seed + 1)
+        return (train_set.images, train_set.labels[:, 0]), (test_set.images, test_set.labels[:, 0])
+    raise ValueError(f"unknown training dataset {training.dataset!r}; use 'mnist' or 'cluttered_mnist'")
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
+    """Classification accuracy of ``model`` on images ``x`` with labels ``y``."""
+    from .attribution import predict_logits
+
+    predictions = predict_logits(model, x, batch_size=batch_size).argmax(axis=1)
+    y = np.asarray(y)
+    if y.shape != predictions.shape:
+        raise ValueError(f"y has shape {y.shape}, expected one label per image, shape {predictions.shape}")
+    return float((predictions == y).mean())
+
+
+def train(name: str, training: TrainingConfig | None = None) -> tuple[keras.Model, dict[str, Any]]:
+    """Train the zoo model ``name`` from scratch, deterministically; nothing is cached.
+
+    Mini-batch Adam on the softmax cross-entropy of the logits, in a compiled training step.
+    The seed fixes the initial weights, the order of the batches and the dropout masks, so the
+    same settings give the same weights on the same machine and library versions.
+
+    Returns the trained model and its card (settings, test accuracy, training time).
+    """
+    zoo_entry = entry(name)
+    training = training or zoo_entry.training
+    (x_train, y_train), (x_test, y_test) = _training_data(training)
+    keras.utils.set_random_seed(training.seed)
+    model = zoo_entry.build()
+    optimizer = keras.optimizers.Adam(training.learning_rate)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(reduce_retracing=True)
+    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(y, model(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    order = np.random.default_rng(training.seed)
+    started = time.perf_counter()
+    for _ in range(training.epochs):
+        shuffled = order.permutation(len(x_train))
+        for start in range(0, len(x_train), training.batch_size):
+            batch = shuffled[start : start + training.batch_size]
+            step(tf.constant(x_train[batch]), tf.constant(y_train[batch]))
+    seconds = time.perf_counter() - started
+    card = {
+        "name": name,
+        "description": zoo_entry.description,
+        "training": asdict(training),
+        "test_accuracy": evaluate(model, x_test, y_test),
+        "n_test": int(len(y_test)),
+        "train_seconds": round(seconds, 1),
+        "package": __version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }
+    return model, card
+
+
+def _paths(name: str) -> tuple[Path, Path]:
+    zoo_entry = entry(name)
+    stem = cache_dir() / f"{name}-{_cache_key(zoo_entry, zoo_entry.training)}"
+    return stem.with_name(stem.name + ".weights.h5"), stem.with_name(stem.name + ".json")
+
+
+def load(name: str, *, verbose: bool = False) -> keras.Model:
+    """The trained zoo model ``name``: read from the cache, or trained and cached on first use.
+
+    Raises ``ValueError`` for an unknown name (the message lists :func:`available`).
+    """
+    weights_path, card_path = _paths(name)
+    if weights_path.exists() and card_path.exists():
+        model = entry(name).build()
+        model.load_weights(weights_path)
+        if verbose:
+            print(f"{name}: loaded from {weights_path}")
+        return model
+    model, card = train(name)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    # Write under temporary names and rename, so an interrupted run never leaves a half file
+    # that a later run would take for a trained model.
+    partial_weights = weights_path.with_name(f".{os.getpid()}-" + weights_path.name)
+    partial_card = card_path.with_name(f".{os.getpid()}-" + card_path.name)
+    model.save_weights(partial_weights)
+    partial_card.write_text(json.dumps(card, indent=2))
+    os.replace(partial_weights, weights_path)
+    os.replace(partial_card, card_path)
+    if verbose:
+        print(f"{name}: trained in {card['train_seconds']} s, test accuracy {card['test_accuracy']:.4f}")
+    return model
+
+
+def info(name: str) -> dict[str, Any]:
+    """The card of the trained zoo model ``name`` (training settings, test accuracy, time);
+    trains and caches the model first if needed."""
+    _, card_path = _paths(name)
+    if not card_path.exists():
+        load(name)
+    return json.loads(card_path.read_text())

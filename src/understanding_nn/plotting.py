@@ -1,0 +1,202 @@
+"""Figures for relevance maps: one heatmap, a heatmap over its digit, and grids of them.
+
+Every chapter draws its explanations with these functions, so that all maps in the book follow
+one convention:
+
+* **signed** relevance (positive and negative evidence) uses a diverging colormap centred at zero
+  with symmetric limits :math:`[-m, m]`, :math:`m = \\max_i |R_i|`: red for evidence for the
+  class, blue for evidence against it, white for none;
+* **non-negative** maps (sensitivity, saliency, class activation maps) use a sequential colormap
+  from white (zero) to dark;
+* every heatmap has a colorbar that says what it shows, and every panel a title.
+
+Whether a map is signed is decided from its values unless ``signed`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+__all__ = ["DIVERGING", "SEQUENTIAL", "heatmap_grid", "image_grid", "plot_heatmap", "scale"]
+
+DIVERGING = "RdBu_r"
+SEQUENTIAL = "Reds"
+
+
+def _as_2d(array: np.ndarray, what: str) -> np.ndarray:
+    """Drop a trailing channel axis of size 1; sum several channels (relevance is additive)."""
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 3:
+        array = array.sum(axis=-1)
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be an image of shape (H, W) or (H, W, C), got shape {array.shape}")
+    return array
+
+
+def scale(relevance: np.ndarray, signed: bool | None = None) -> tuple[str, float, float]:
+    """The colormap name and limits ``(cmap, vmin, vmax)`` for a relevance map.
+
+    ``signed=None`` decides from the values: any negative value makes the map signed.
+    """
+    relevance = np.asarray(relevance)
+    if signed is None:
+        signed = bool((relevance < 0).any())
+    peak = float(np.abs(relevance).max()) if relevance.size else 0.0
+    peak = peak if peak > 0 else 1.0  # an all-zero map still gets a valid colour scale
+    if signed:
+        return DIVERGING, -peak, peak
+    return SEQUENTIAL, 0.0, peak
+
+
+def plot_heatmap(
+    relevance: np.ndarray,
+    image: np.ndarray | None = None,
+    *,
+    ax: Axes | None = None,
+    signed: bool | None = None,
+    title: str | None = None,
+    colorbar: bool = True,
+    label: str = "relevance",
+    limits: tuple[float, float] | None = None,
+) -> AxesImage:
+    """Draw one relevance map, with the outline of its input ``image`` on top if given.
+
+    Parameters
+    ----------
+    relevance
+        The map, shape ``(H, W)`` or ``(H, W, C)`` (channels are summed).
+    image
+        The explained input, same height and width; drawn as a grey contour at half its maximum,
+        so the heatmap's colours stay exact.
+    ax
+        Axes to draw in (default: the current axes).
+    signed
+        Force the diverging (``True``) or sequential (``False``) colormap; decided from the
+        values when ``None``.
+    title, colorbar, label
+        Panel title, whether to add a colorbar, and the colorbar's label.
+    limits
+        ``(vmin, vmax)`` to share one scale between panels; from the map itself when ``None``.
+    """
+    ax = ax or plt.gca()
+    relevance = _as_2d(relevance, "relevance")
+    cmap, vmin, vmax = scale(relevance, signed)
+    if limits is not None:
+        vmin, vmax = limits
+    shown = ax.imshow(relevance, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if image is not None:
+        image = _as_2d(image, "image")
+        if image.shape != relevance.shape:
+            raise ValueError(f"image has shape {image.shape} but relevance has shape {relevance.shape}")
+        if image.max() > image.min():
+            level = image.min() + 0.5 * (image.max() - image.min())
+            ax.contour(image, levels=[level], colors="0.35", linewidths=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    return shown
+
+
+def _grid(count: int, ncols: int, panel: float) -> tuple[Figure, np.ndarray]:
+    if count < 1:
+        raise ValueError("nothing to plot: the batch is empty")
+    ncols = max(1, min(ncols, count))
+    nrows = -(-count // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, axes.flat[:count]
+
+
+def heatmap_grid(
+    relevance: np.ndarray,
+    images: np.ndarray | None = None,
+    *,
+    titles: Sequence[str] | None = None,
+    ncols: int = 5,
+    signed: bool | None = None,
+    shared_scale: bool = False,
+    label: str = "relevance",
+    suptitle: str | None = None,
+    panel_size: float = 2.1,
+) -> Figure:
+    """A grid of relevance maps, one per sample, each over its input's outline.
+
+    Parameters
+    ----------
+    relevance
+        A batch of maps, shape ``(N, H, W)`` or ``(N, H, W, C)``.
+    images
+        The explained inputs, same leading shape, or ``None``.
+    titles
+        One title per panel (for example ``"digit 3"``).
+    ncols
+        Panels per row; the book's 10-digit figures use 5 (two rows).
+    signed
+        Colormap choice as in :func:`plot_heatmap`; decided once for the whole batch, so every
+        panel uses the same kind of colormap.
+    shared_scale
+        ``True`` gives every panel the same limits, so magnitudes compare across panels;
+        ``False`` (default) scales each panel to its own maximum, so shapes compare.
+    label, suptitle, panel_size
+        Colorbar label, figure title, and the size of one panel in inches.
+    """
+    relevance = np.asarray(relevance)
+    if images is not None and len(images) != len(relevance):
+        raise ValueError(f"got {len(relevance)} maps but {len(images)} images")
+    if titles is not None and len(titles) != len(relevance):
+        raise ValueError(f"got {len(relevance)} maps but {len(titles)} titles")
+    if signed is None:
+        signed = bool((relevance < 0).any())
+    limits = scale(relevance, signed)[1:] if shared_scale else None
+    fig, axes = _grid(len(relevance), ncols, panel_size)
+    for i, ax in enumerate(axes):
+        plot_heatmap(
+            relevance[i],
+            None if images is None else images[i],
+            ax=ax,
+            signed=signed,
+            title=None if titles is None else titles[i],
+            label=label,
+            limits=limits,
+        )
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def image_grid(
+    images: np.ndarray,
+    *,
+    titles: Sequence[str] | None = None,
+    ncols: int = 5,
+    cmap: str = "gray_r",
+    limits: tuple[float, float] | None = (0.0, 1.0),
+    suptitle: str | None = None,
+    panel_size: float = 1.6,
+) -> Figure:
+    """A grid of input images (digits, prototypes), ink dark on white, on the data range [0, 1]."""
+    fig, axes = _grid(len(images), ncols, panel_size)
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(titles)} titles")
+    vmin, vmax = limits if limits is not None else (None, None)
+    for i, ax in enumerate(axes):
+        ax.imshow(_as_2d(images[i], "image"), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
