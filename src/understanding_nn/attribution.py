@@ -224,15 +224,13 @@ def resolve_target(
         indices = np.full(n_samples, int(target))
     else:
         indices = np.asarray(target)
+        one_hot_hint = " (one-hot labels? use labels.argmax(axis=1))" if indices.ndim == 2 else ""
         if indices.dtype.kind not in "iu":
-            raise TypeError(
-                f"target must hold integer class indices, got dtype {indices.dtype}"
-                + (" (one-hot labels? use labels.argmax(axis=1))" if indices.ndim == 2 else "")
-            )
+            raise TypeError(f"target must hold integer class indices, got dtype {indices.dtype}{one_hot_hint}")
         if indices.shape != (n_samples,):
             raise ValueError(
                 f"target has shape {indices.shape}; it needs one class index per sample, "
-                f"shape ({n_samples},)"
+                f"shape ({n_samples},){one_hot_hint}"
             )
     bad = (indices < 0) | (indices >= n_classes)
     if bad.any():

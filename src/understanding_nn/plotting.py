@@ -187,9 +187,9 @@ def image_grid(
     panel_size: float = 1.6,
 ) -> Figure:
     """A grid of input images (digits, prototypes), ink dark on white, on the data range [0, 1]."""
-    fig, axes = _grid(len(images), ncols, panel_size)
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
+    fig, axes = _grid(len(images), ncols, panel_size)
     vmin, vmax = limits if limits is not None else (None, None)
     for i, ax in enumerate(axes):
         ax.imshow(_as_2d(images[i], "image"), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")

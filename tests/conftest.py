@@ -1,0 +1,131 @@
+"""Shared fixtures: tiny seeded Keras models and a few real digits.
+
+Every model here is untrained but seeded with ``keras.utils.set_random_seed``, so the tests are
+deterministic; none of them needs the network or the zoo cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import keras  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import understanding_nn as unn  # noqa: E402
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    """The 1,000 test digits of ``load_mnist`` (images, labels)."""
+    return unn.data.load_mnist("test")
+
+
+@pytest.fixture(scope="session")
+def digits(mnist_test):
+    """Ten real test digits, one per class, and their labels."""
+    images, labels = mnist_test
+    index = unn.data.one_per_class(labels)
+    return images[index], labels[index]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """No test leaves a Matplotlib figure open."""
+    yield
+    plt.close("all")
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny seeded models (untrained)
+# --------------------------------------------------------------------------------------------
+
+
+def dense_net(
+    hidden=(32, 16),
+    activation="relu",
+    *,
+    use_bias=True,
+    final_activation=None,
+    input_shape=(28, 28, 1),
+    n_classes=10,
+    seed=0,
+    name="dense",
+):
+    """A seeded Sequential MLP: flatten, ``hidden`` dense layers, dense output."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input(input_shape), keras.layers.Flatten()]
+    for units in hidden:
+        layers.append(keras.layers.Dense(units, activation=activation, use_bias=use_bias))
+    layers.append(keras.layers.Dense(n_classes, activation=final_activation, use_bias=use_bias))
+    return keras.Sequential(layers, name=name)
+
+
+@pytest.fixture(scope="session")
+def make_dense_net():
+    """The :func:`dense_net` builder, for tests that need a fresh model of their own."""
+    return dense_net
+
+
+@pytest.fixture(scope="session")
+def relu_model():
+    """A small dense ReLU net on 28×28×1 inputs with biases."""
+    return dense_net(name="relu_net")
+
+
+@pytest.fixture(scope="session")
+def bias_free_relu_model():
+    """A small dense ReLU net without any bias: positively homogeneous of degree 1."""
+    return dense_net((32, 16), use_bias=False, seed=1, name="bias_free_relu_net")
+
+
+@pytest.fixture(scope="session")
+def smooth_model():
+    """A small dense net with smooth activations (tanh, softplus), for finite differences."""
+    keras.utils.set_random_seed(2)
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.Dense(12, activation="softplus"),
+            keras.layers.Dense(10),
+        ],
+        name="smooth_net",
+    )
+
+
+@pytest.fixture(scope="session")
+def conv_model():
+    """A small Conv2D ReLU net on 28×28×1 inputs."""
+    keras.utils.set_random_seed(3)
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ],
+        name="conv_net",
+    )
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Twelve random float32 images in [0, 1] (seeded), shape (12, 28, 28, 1)."""
+    return np.random.default_rng(0).random((12, 28, 28, 1), dtype=np.float32)

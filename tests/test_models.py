@@ -1,0 +1,268 @@
+"""Tests of understanding_nn.models: the zoo, deterministic training, and the weight cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from understanding_nn import data, models
+from understanding_nn.models import TrainingConfig
+
+ZOO = [
+    "mlp",
+    "mlp_4x512",
+    "mlp_4x512_nobias",
+    "cnn",
+    "cnn_nobias",
+    "cnn_avgpool",
+    "cnn_avgpool_nobias",
+    "cnn_stride2",
+    "allconv",
+    "gap_cnn",
+]
+
+
+def _same_weights(a: keras.Model, b: keras.Model) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo's architectures
+# --------------------------------------------------------------------------------------------
+
+
+def test_available_lists_the_zoo():
+    names = models.available()
+    assert names == ZOO
+    assert all(isinstance(name, str) for name in names)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_build_gives_an_untrained_model_with_ten_logits(name):
+    model = models.build(name)
+    assert isinstance(model, keras.Model)
+    assert model.name == name
+    assert model.output_shape == (None, 10)
+    side = 40 if name == "gap_cnn" else 28
+    assert model.input_shape == (None, side, side, 1)
+    x = np.random.default_rng(0).random((3, side, side, 1), dtype=np.float32)
+    assert model.predict(x, verbose=0).shape == (3, 10)
+    # Logits, not probabilities: the zoo has no softmax layer.
+    assert getattr(model.layers[-1], "activation", keras.activations.linear).__name__ == "linear"
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_4x512_nobias", "cnn", "gap_cnn"])
+def test_build_is_seeded(name):
+    first = models.build(name)
+    keras.utils.set_random_seed(1234)  # whatever happened to the global seeds in between
+    np.random.default_rng().random(10)
+    second = models.build(name)
+    assert _same_weights(first, second)
+
+
+def test_bias_free_entries_have_no_bias():
+    for name in ("mlp_4x512_nobias", "cnn_nobias", "cnn_avgpool_nobias"):
+        model = models.build(name)
+        assert all(not getattr(layer, "use_bias", False) for layer in model.layers)
+        assert all(weight.ndim > 1 for weight in model.get_weights())
+    assert any(weight.ndim == 1 for weight in models.build("cnn").get_weights())
+
+
+def test_entries_sharing_an_architecture_differ_in_their_arguments():
+    max_pool = [type(layer).__name__ for layer in models.build("cnn_nobias").layers]
+    avg_pool = [type(layer).__name__ for layer in models.build("cnn_avgpool_nobias").layers]
+    assert "MaxPooling2D" in max_pool and "AveragePooling2D" not in max_pool
+    assert "AveragePooling2D" in avg_pool and "MaxPooling2D" not in avg_pool
+    assert any(type(layer).__name__ == "Dropout" for layer in models.build("cnn").layers)
+
+
+def test_entry_describes_the_zoo_model():
+    zoo_entry = models.entry("gap_cnn")
+    assert isinstance(zoo_entry, models.ZooEntry)
+    assert zoo_entry.name == "gap_cnn"
+    assert zoo_entry.training.dataset == "cluttered_mnist"
+    assert 0.0 < zoo_entry.accuracy_floor < 1.0
+    assert models.entry("cnn_nobias").kwargs == {"pooling": "max", "use_bias": False}
+    assert all(models.entry(name).training.dataset == "mnist" for name in ZOO if name != "gap_cnn")
+
+
+def test_conv_net_refuses_an_unknown_pooling():
+    with pytest.raises(ValueError, match="pooling must be 'max' or 'avg', got 'sum'"):
+        models.conv_net(pooling="sum")
+
+
+@pytest.mark.parametrize("call", [models.entry, models.build, models.load, models.info, models.train], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("name", ["resnet50", "MLP", 3])
+def test_unknown_name_lists_the_zoo(call, name):
+    with pytest.raises(ValueError, match=rf"unknown zoo model {name!r}; available: mlp, mlp_4x512, .*gap_cnn"):
+        call(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_epoch_mlp():
+    return models.train("mlp", TrainingConfig(epochs=1))
+
+
+def test_training_is_deterministic(one_epoch_mlp):
+    model, card = one_epoch_mlp
+    again, card_again = models.train("mlp", TrainingConfig(epochs=1))
+    assert _same_weights(model, again)
+    assert card_again["test_accuracy"] == card["test_accuracy"]
+
+
+def test_training_learns_and_reports_a_card(one_epoch_mlp):
+    model, card = one_epoch_mlp
+    assert not _same_weights(model, models.build("mlp"))
+    assert card["name"] == "mlp"
+    assert card["training"]["epochs"] == 1
+    assert card["n_test"] == 1000
+    x_test, y_test = data.load_mnist("test")
+    assert card["test_accuracy"] == models.evaluate(model, x_test, y_test)
+    assert card["test_accuracy"] > 0.8  # one epoch of Adam on 4,000 digits
+    json.dumps(card)  # the card is JSON-serialisable
+
+
+def test_training_seed_changes_the_weights(one_epoch_mlp):
+    other, _ = models.train("mlp", TrainingConfig(epochs=1, seed=1))
+    assert not _same_weights(one_epoch_mlp[0], other)
+
+
+def test_training_refuses_an_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown training dataset 'cifar'"):
+        models.train("mlp", TrainingConfig(epochs=1, dataset="cifar"))
+
+
+def test_evaluate(relu_model, mnist_test):
+    x, y = mnist_test
+    predictions = relu_model.predict(x[:50], verbose=0).argmax(axis=1)
+    assert models.evaluate(relu_model, x[:50], y[:50]) == pytest.approx(float((predictions == y[:50]).mean()))
+    assert models.evaluate(relu_model, x[:50], predictions) == 1.0
+    with pytest.raises(ValueError, match=r"y has shape \(50, 10\), expected one label per image, shape \(50,\)"):
+        models.evaluate(relu_model, x[:50], np.eye(10)[y[:50]])
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNDERSTANDING_NN_CACHE", str(tmp_path / "zoo"))
+    assert models.cache_dir() == tmp_path / "zoo"
+    monkeypatch.delenv("UNDERSTANDING_NN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.cache_dir() == tmp_path / "xdg" / "understanding_nn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert models.cache_dir() == tmp_path / "home" / ".cache" / "understanding_nn"
+
+
+@pytest.fixture
+def counted_training(monkeypatch, tmp_path):
+    """An empty cache in tmp_path, and a one-epoch ``train`` that counts its calls."""
+    monkeypatch.setenv("UNDERSTANDING_NN_CACHE", str(tmp_path))
+    real_train = models.train
+    calls: list[str] = []
+
+    def one_epoch_train(name, training=None):
+        calls.append(name)
+        return real_train(name, TrainingConfig(epochs=1))
+
+    monkeypatch.setattr(models, "train", one_epoch_train)
+    return calls
+
+
+def test_load_trains_once_then_reads_the_cache(counted_training, tmp_path):
+    first = models.load("mlp")
+    assert counted_training == ["mlp"]
+    files = sorted(path.name for path in tmp_path.iterdir())
+    key = models._cache_key(models.entry("mlp"), models.entry("mlp").training)
+    assert files == [f"mlp-{key}.json", f"mlp-{key}.weights.h5"]
+    # Keras's HDF5 weights format and a JSON card: nothing else, nothing pickled.
+    assert not [path for path in tmp_path.rglob("*") if path.suffix in {".pkl", ".pickle", ".keras", ".npy", ".npz"}]
+    assert (tmp_path / f"mlp-{key}.weights.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    card = json.loads((tmp_path / f"mlp-{key}.json").read_text())
+    assert card["name"] == "mlp" and 0.0 < card["test_accuracy"] <= 1.0
+
+    second = models.load("mlp")
+    assert counted_training == ["mlp"]  # read back, not trained again
+    assert second is not first
+    assert _same_weights(first, second)
+    x = data.load_mnist("test")[0][:20]
+    np.testing.assert_array_equal(first.predict(x, verbose=0), second.predict(x, verbose=0))
+
+    info = models.info("mlp")
+    assert counted_training == ["mlp"]
+    assert info == card
+    assert isinstance(info["test_accuracy"], float)
+
+
+def test_info_trains_if_needed(counted_training, tmp_path):
+    info = models.info("mlp")
+    assert counted_training == ["mlp"]
+    assert 0.0 < info["test_accuracy"] <= 1.0
+    assert len(list(tmp_path.glob("mlp-*.weights.h5"))) == 1
+
+
+def test_load_retrains_when_the_card_is_missing(counted_training, tmp_path):
+    models.load("mlp")
+    (card,) = tmp_path.glob("mlp-*.json")
+    card.unlink()
+    models.load("mlp")
+    assert counted_training == ["mlp", "mlp"]
+    assert len(list(tmp_path.glob("mlp-*.json"))) == 1
+
+
+def test_cache_key_tracks_the_recipe():
+    entry = models.entry("mlp")
+    key = models._cache_key(entry, entry.training)
+    assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
+    assert models._cache_key(entry, TrainingConfig()) == key  # the same recipe, the same key
+    changed = {
+        models._cache_key(entry, TrainingConfig(epochs=1)),
+        models._cache_key(entry, TrainingConfig(seed=1)),
+        models._cache_key(entry, TrainingConfig(learning_rate=1e-4)),
+        models._cache_key(entry, TrainingConfig(batch_size=32)),
+        models._cache_key(entry, TrainingConfig(dataset="cluttered_mnist")),
+    }
+    assert key not in changed and len(changed) == 5
+    # Same builder, other arguments: other keys.
+    keys = {models._cache_key(models.entry(name), models.entry(name).training) for name in ZOO}
+    assert len(keys) == len(ZOO)
+
+
+def test_cache_paths_are_named_after_the_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNDERSTANDING_NN_CACHE", str(tmp_path))
+    weights, card = models._paths("cnn")
+    assert weights.parent == card.parent == Path(tmp_path)
+    assert weights.name.startswith("cnn-") and weights.name.endswith(".weights.h5")
+    assert card.name == weights.name.replace(".weights.h5", ".json")
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy of the trained zoo (slow: trains into the user cache on first run)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_reaches_its_accuracy_floor(name):
+    entry = models.entry(name)
+    model = models.load(name)
+    x_test, y_test = models._training_data(entry.training)[1]
+    if name == "gap_cnn":
+        assert x_test.shape[1:] == (40, 40, 1)
+    else:
+        assert len(x_test) == 1000
+    accuracy = models.evaluate(model, x_test, y_test)
+    assert accuracy >= entry.accuracy_floor, f"{name}: test accuracy {accuracy:.4f} < floor {entry.accuracy_floor}"

@@ -1,0 +1,237 @@
+"""Tests of understanding_nn.plotting: colour scales and heatmap figures (Agg backend)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.contour import ContourSet
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+from understanding_nn import plotting
+from understanding_nn.plotting import DIVERGING, SEQUENTIAL
+
+
+def _panels(fig: Figure) -> list:
+    """The visible axes that show an image (the panels), in order, without colorbars."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.images and ax.get_label() != "<colorbar>"]
+
+
+def _colorbars(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+@pytest.fixture(scope="module")
+def signed_maps():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(7, 28, 28, 1)) * np.arange(1, 8)[:, None, None, None]
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return np.random.default_rng(1).random((7, 28, 28, 1)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# scale
+# --------------------------------------------------------------------------------------------
+
+
+def test_scale_signed_is_diverging_and_symmetric():
+    assert plotting.scale(np.array([-1.0, 0.5, 2.0])) == (DIVERGING, -2.0, 2.0)
+    assert plotting.scale(np.array([[-3.0, 0.5], [1.0, 0.0]])) == (DIVERGING, -3.0, 3.0)
+    assert plotting.scale(np.array([-0.25, -0.5])) == (DIVERGING, -0.5, 0.5)
+
+
+def test_scale_non_negative_is_sequential_from_zero():
+    assert plotting.scale(np.array([0.0, 1.0, 3.0])) == (SEQUENTIAL, 0.0, 3.0)
+    assert plotting.scale(np.array([0.5, 0.75])) == (SEQUENTIAL, 0.0, 0.75)
+
+
+def test_scale_signed_can_be_forced():
+    assert plotting.scale(np.array([0.0, 1.0, 3.0]), signed=True) == (DIVERGING, -3.0, 3.0)
+    assert plotting.scale(np.array([-4.0, 1.0]), signed=False) == (SEQUENTIAL, 0.0, 4.0)
+
+
+@pytest.mark.parametrize("relevance", [np.zeros((28, 28)), np.zeros(0), -np.zeros(3)], ids=["zeros", "empty", "negative-zeros"])
+def test_scale_of_an_all_zero_map_is_valid(relevance):
+    cmap, vmin, vmax = plotting.scale(relevance)
+    assert vmin < vmax
+    assert np.isfinite([vmin, vmax]).all()
+    assert (cmap, vmin, vmax) == (SEQUENTIAL, 0.0, 1.0)
+    assert plotting.scale(relevance, signed=True) == (DIVERGING, -1.0, 1.0)
+
+
+def test_colormaps_exist():
+    assert plt.get_cmap(DIVERGING).name == DIVERGING
+    assert plt.get_cmap(SEQUENTIAL).name == SEQUENTIAL
+
+
+# --------------------------------------------------------------------------------------------
+# plot_heatmap
+# --------------------------------------------------------------------------------------------
+
+
+def test_plot_heatmap_draws_the_map_with_its_scale():
+    relevance = np.zeros((28, 28))
+    relevance[3, 4], relevance[10, 10] = -2.0, 1.0
+    fig, ax = plt.subplots()
+    shown = plotting.plot_heatmap(relevance, ax=ax, title="gradient", label="∂S/∂x")
+    assert isinstance(shown, AxesImage)
+    assert shown.get_cmap().name == DIVERGING
+    assert shown.get_clim() == (-2.0, 2.0)
+    np.testing.assert_array_equal(shown.get_array(), relevance)
+    assert ax.get_title() == "gradient"
+    (bar,) = _colorbars(fig)
+    assert bar.get_ylabel() == "∂S/∂x"
+    assert not [c for c in ax.collections if isinstance(c, ContourSet)]  # no image, no contour
+
+
+def test_plot_heatmap_with_image_draws_a_contour():
+    image = np.zeros((28, 28, 1))
+    image[8:20, 8:20] = 1.0
+    fig, ax = plt.subplots()
+    plotting.plot_heatmap(np.abs(np.random.default_rng(0).normal(size=(28, 28, 1))), image, ax=ax)
+    contours = [c for c in ax.collections if isinstance(c, ContourSet)]
+    assert len(contours) == 1
+    np.testing.assert_allclose(contours[0].levels, [0.5])
+    assert ax.images[0].get_cmap().name == SEQUENTIAL
+
+
+def test_plot_heatmap_with_a_blank_image_draws_no_contour():
+    fig, ax = plt.subplots()
+    plotting.plot_heatmap(np.ones((28, 28)), np.zeros((28, 28)), ax=ax)
+    assert not [c for c in ax.collections if isinstance(c, ContourSet)]
+
+
+def test_plot_heatmap_sums_channels_and_honours_limits_and_colorbar():
+    relevance = np.ones((5, 6, 3))
+    fig, ax = plt.subplots()
+    shown = plotting.plot_heatmap(relevance, ax=ax, limits=(-7.0, 7.0), colorbar=False)
+    np.testing.assert_array_equal(shown.get_array(), np.full((5, 6), 3.0))
+    assert shown.get_clim() == (-7.0, 7.0)
+    assert not _colorbars(fig)
+
+
+def test_plot_heatmap_uses_the_current_axes():
+    fig, ax = plt.subplots()
+    plotting.plot_heatmap(np.ones((4, 4)))
+    assert len(ax.images) == 1
+
+
+def test_plot_heatmap_rejects_bad_shapes():
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"image has shape \(27, 28\) but relevance has shape \(28, 28\)"):
+        plotting.plot_heatmap(np.ones((28, 28)), np.ones((27, 28)), ax=ax)
+    with pytest.raises(ValueError, match=r"relevance must be an image of shape \(H, W\) or \(H, W, C\), got shape \(2, 28, 28, 1\)"):
+        plotting.plot_heatmap(np.ones((2, 28, 28, 1)), ax=ax)
+
+
+# --------------------------------------------------------------------------------------------
+# heatmap_grid
+# --------------------------------------------------------------------------------------------
+
+
+def test_heatmap_grid_has_one_titled_panel_per_sample(signed_maps, digit_images):
+    titles = [f"digit {i}" for i in range(7)]
+    fig = plotting.heatmap_grid(signed_maps, digit_images, titles=titles, ncols=5, suptitle="gradient × input")
+    assert isinstance(fig, Figure)
+    panels = _panels(fig)
+    assert len(panels) == 7
+    assert [ax.get_title() for ax in panels] == titles
+    assert len(_colorbars(fig)) == 7
+    assert len([ax for ax in fig.axes if not ax.get_visible()]) == 3  # 2 rows of 5, 7 used
+    assert fig.get_suptitle() == "gradient × input"
+    for ax, relevance in zip(panels, signed_maps):
+        np.testing.assert_allclose(ax.images[0].get_array(), relevance[..., 0])
+        assert [c for c in ax.collections if isinstance(c, ContourSet)]
+
+
+def test_heatmap_grid_decides_the_colormap_once_for_the_batch(signed_maps):
+    maps = np.abs(signed_maps)
+    maps[3] *= -1  # one panel negative: the whole batch is signed
+    fig = plotting.heatmap_grid(maps)
+    assert {ax.images[0].get_cmap().name for ax in _panels(fig)} == {DIVERGING}
+    fig = plotting.heatmap_grid(np.abs(signed_maps))
+    assert {ax.images[0].get_cmap().name for ax in _panels(fig)} == {SEQUENTIAL}
+    fig = plotting.heatmap_grid(np.abs(signed_maps), signed=True)
+    assert {ax.images[0].get_cmap().name for ax in _panels(fig)} == {DIVERGING}
+
+
+def test_heatmap_grid_shared_scale(signed_maps):
+    peak = np.abs(signed_maps).max()
+    shared = plotting.heatmap_grid(signed_maps, shared_scale=True)
+    assert {ax.images[0].get_clim() for ax in _panels(shared)} == {(-peak, peak)}
+    own = plotting.heatmap_grid(signed_maps, shared_scale=False)
+    limits = [ax.images[0].get_clim() for ax in _panels(own)]
+    expected = [(-np.abs(m).max(), np.abs(m).max()) for m in signed_maps]
+    np.testing.assert_allclose(limits, expected)
+    assert len(set(limits)) == 7
+
+
+def test_heatmap_grid_without_images_or_titles(signed_maps):
+    fig = plotting.heatmap_grid(signed_maps[:2, ..., 0], ncols=5)
+    panels = _panels(fig)
+    assert len(panels) == 2
+    assert all(ax.get_title() == "" for ax in panels)
+    assert not any(isinstance(c, ContourSet) for ax in panels for c in ax.collections)
+    assert len(fig.axes) == 4  # ncols shrinks to the batch: 2 panels + 2 colorbars
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images": np.zeros((6, 28, 28, 1))}, "got 7 maps but 6 images"),
+        ({"titles": ["a", "b"]}, "got 7 maps but 2 titles"),
+    ],
+)
+def test_heatmap_grid_mismatched_inputs_raise(signed_maps, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plotting.heatmap_grid(signed_maps, **kwargs)
+    assert plt.get_fignums() == []  # no half-drawn figure left behind
+
+
+def test_heatmap_grid_empty_batch_raises():
+    with pytest.raises(ValueError, match="nothing to plot: the batch is empty"):
+        plotting.heatmap_grid(np.zeros((0, 28, 28)))
+
+
+# --------------------------------------------------------------------------------------------
+# image_grid
+# --------------------------------------------------------------------------------------------
+
+
+def test_image_grid(digit_images):
+    titles = [str(i) for i in range(7)]
+    fig = plotting.image_grid(digit_images, titles=titles, ncols=4, suptitle="digits")
+    assert isinstance(fig, Figure)
+    panels = _panels(fig)
+    assert len(panels) == 7
+    assert not _colorbars(fig)
+    assert [ax.get_title() for ax in panels] == titles
+    assert len([ax for ax in fig.axes if not ax.get_visible()]) == 1  # 2 rows of 4
+    assert fig.get_suptitle() == "digits"
+    for ax, image in zip(panels, digit_images):
+        shown = ax.images[0]
+        assert shown.get_clim() == (0.0, 1.0)
+        assert shown.get_cmap().name == "gray_r"
+        np.testing.assert_allclose(shown.get_array(), image[..., 0])
+
+
+def test_image_grid_free_limits_and_colormap(digit_images):
+    fig = plotting.image_grid(digit_images[:2] * 5, limits=None, cmap="viridis")
+    for ax, image in zip(_panels(fig), digit_images[:2] * 5):
+        assert ax.images[0].get_cmap().name == "viridis"
+        np.testing.assert_allclose(ax.images[0].get_clim(), (image.min(), image.max()), rtol=1e-6)
+
+
+def test_image_grid_mismatched_titles_raise(digit_images):
+    with pytest.raises(ValueError, match="got 7 images but 3 titles"):
+        plotting.image_grid(digit_images, titles=["a", "b", "c"])
+    assert plt.get_fignums() == []  # no empty grid left behind
+
+
+def test_image_grid_empty_batch_raises():
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plotting.image_grid(np.zeros((0, 28, 28, 1)))
