@@ -15,7 +15,7 @@ uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-base
 
 __version__ = "0.1.0"
 
-from . import attribution, data, gradients, models, plotting  # noqa: E402
+from . import attribution, data, gradients, lrp, models, plotting  # noqa: E402
 from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "data",
     "explain",
     "gradients",
+    "lrp",
     "methods",
     "models",
     "plotting",

@@ -34,6 +34,7 @@ __all__ = [
     "Target",
     "UnsupportedModelError",
     "batch_signature",
+    "compile_batch_function",
     "compiled",
     "explain",
     "logit_function",
@@ -315,13 +316,24 @@ def batch_signature(model: keras.Model) -> list[tf.TensorSpec]:
     return [x_spec, tf.TensorSpec((None,), tf.int32)]
 
 
+def compile_batch_function(model: keras.Model, function: Callable[..., Any], with_target: bool = True) -> Any:
+    """``function`` compiled with ``tf.function`` for batches of ``model``'s inputs (and targets).
+
+    Each model (and each rule set of a method) gets its own compiled function by design, traced
+    once thanks to the fixed signature; TensorFlow's warning about ``tf.function`` objects
+    re-created in a loop, which counts traces across such functions, does not apply to them.
+    """
+    signature = batch_signature(model)
+    compiled_function = tf.function(function, input_signature=signature if with_target else signature[:1])
+    compiled_function._omit_frequent_tracing_warning = True
+    return compiled_function
+
+
 def predict_logits(model: keras.Model, x: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """The logits :math:`S(x)` of ``model`` for the batch ``x``, shape ``(N, n_classes)``."""
     x = validate_input(validate_model(model), x)
     logits = logit_function(model)
-    forward = compiled(
-        model, "forward", lambda: tf.function(logits, input_signature=batch_signature(model)[:1])
-    )
+    forward = compiled(model, "forward", lambda: compile_batch_function(model, logits, with_target=False))
     parts = [forward(tf.constant(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return np.concatenate([p.numpy() for p in parts], axis=0)
 

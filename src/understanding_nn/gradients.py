@@ -24,7 +24,7 @@ import tensorflow as tf
 from .attribution import (
     DEFAULT_BATCH_SIZE,
     Target,
-    batch_signature,
+    compile_batch_function,
     compiled,
     logit_function,
     register,
@@ -38,17 +38,13 @@ def input_gradient(model: keras.Model) -> Any:
     """The compiled function ``(x, target) -> ∂S_target/∂x`` of ``model``, built once per model."""
     logits = logit_function(model)
 
-    def build() -> Any:
-        @tf.function(input_signature=batch_signature(model))
-        def gradient_of_target_logit(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                scores = tf.gather(logits(x), target, axis=1, batch_dims=1)
-            return tape.gradient(scores, x)
+    def gradient_of_target_logit(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            scores = tf.gather(logits(x), target, axis=1, batch_dims=1)
+        return tape.gradient(scores, x)
 
-        return gradient_of_target_logit
-
-    return compiled(model, "input_gradient", build)
+    return compiled(model, "input_gradient", lambda: compile_batch_function(model, gradient_of_target_logit))
 
 
 @register("gradient")
