@@ -15,7 +15,7 @@ uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-base
 
 __version__ = "0.1.0"
 
-from . import attribution, data, gradients, lrp, models, plotting  # noqa: E402
+from . import attribution, data, deeplift, gradients, lrp, models, plotting  # noqa: E402
 from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "__version__",
     "attribution",
     "data",
+    "deeplift",
     "explain",
     "gradients",
     "lrp",

@@ -37,10 +37,12 @@ __all__ = [
     "compile_batch_function",
     "compiled",
     "explain",
+    "gaussian_blur",
     "logit_function",
     "methods",
     "predict_logits",
     "register",
+    "resolve_reference",
     "resolve_target",
     "run_batched",
     "validate_input",
@@ -50,8 +52,6 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 256
 
 Target = Union[int, Sequence[int], np.ndarray, None]
-
-BatchFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 _METHODS: dict[str, Callable[..., np.ndarray]] = {}
 
@@ -306,25 +306,30 @@ def logit_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     return compiled(model, "logits", build)
 
 
-def batch_signature(model: keras.Model) -> list[tf.TensorSpec]:
-    """The ``input_signature`` ``[x, target]`` of a compiled per-batch function of ``model``.
+def batch_signature(model: keras.Model, *, target: bool = True, references: int = 0) -> list[tf.TensorSpec]:
+    """The ``input_signature`` of a compiled per-batch function of ``model``: ``[x, target]``,
+    or ``[x]`` without target, followed by ``references`` extra inputs shaped like ``x``.
 
     Fixing it (with an open batch size) traces each function once per model, whatever the sizes
     of the batches.
     """
     x_spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
-    return [x_spec, tf.TensorSpec((None,), tf.int32)]
+    target_spec = [tf.TensorSpec((None,), tf.int32)] if target else []
+    return [x_spec, *target_spec, *[x_spec] * references]
 
 
-def compile_batch_function(model: keras.Model, function: Callable[..., Any], with_target: bool = True) -> Any:
-    """``function`` compiled with ``tf.function`` for batches of ``model``'s inputs (and targets).
+def compile_batch_function(
+    model: keras.Model, function: Callable[..., Any], *, target: bool = True, references: int = 0
+) -> Any:
+    """``function`` compiled with ``tf.function`` for batches of ``model``'s inputs, with the
+    :func:`batch_signature` of the same arguments.
 
     Each model (and each rule set of a method) gets its own compiled function by design, traced
     once thanks to the fixed signature; TensorFlow's warning about ``tf.function`` objects
     re-created in a loop, which counts traces across such functions, does not apply to them.
     """
-    signature = batch_signature(model)
-    compiled_function = tf.function(function, input_signature=signature if with_target else signature[:1])
+    signature = batch_signature(model, target=target, references=references)
+    compiled_function = tf.function(function, input_signature=signature)
     compiled_function._omit_frequent_tracing_warning = True
     return compiled_function
 
@@ -333,7 +338,7 @@ def predict_logits(model: keras.Model, x: Any, batch_size: int = DEFAULT_BATCH_S
     """The logits :math:`S(x)` of ``model`` for the batch ``x``, shape ``(N, n_classes)``."""
     x = validate_input(validate_model(model), x)
     logits = logit_function(model)
-    forward = compiled(model, "forward", lambda: compile_batch_function(model, logits, with_target=False))
+    forward = compiled(model, "forward", lambda: compile_batch_function(model, logits, target=False))
     parts = [forward(tf.constant(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return np.concatenate([p.numpy() for p in parts], axis=0)
 
@@ -342,15 +347,17 @@ def run_batched(
     model: keras.Model,
     x: Any,
     target: Target,
-    batch_function: BatchFunction,
+    batch_function: Callable[..., tf.Tensor],
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    per_sample: Sequence[np.ndarray] = (),
 ) -> np.ndarray:
-    """Validate, resolve the target, and apply ``batch_function(x_batch, target_batch)`` per batch.
+    """Validate, resolve the target, and apply ``batch_function(x_batch, target_batch, ...)`` per batch.
 
     This is the shared body of every attribution function: ``batch_function`` receives a float32
-    tensor of at most ``batch_size`` samples and their int32 targets, and returns the relevance
-    of that batch with the same shape.
+    tensor of at most ``batch_size`` samples, their int32 targets, and the matching rows of each
+    array in ``per_sample`` (for example reference inputs), and returns the relevance of that
+    batch with the same shape as ``x_batch``.
     """
     validate_model(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -359,7 +366,55 @@ def run_batched(
     targets = resolve_target(model, x, target, batch_size)
     parts = []
     for start in range(0, len(x), batch_size):
-        stop = start + batch_size
-        relevance = batch_function(tf.constant(x[start:stop]), tf.constant(targets[start:stop]))
+        rows = slice(start, start + batch_size)
+        extra = [tf.constant(array[rows]) for array in per_sample]
+        relevance = batch_function(tf.constant(x[rows]), tf.constant(targets[rows]), *extra)
         parts.append(np.asarray(relevance, dtype=np.float32))
     return np.concatenate(parts, axis=0)
+
+
+def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur a batch of images ``(N, H, W, C)`` with a Gaussian of standard deviation ``sigma``
+    pixels (edges extended), channel by channel."""
+    if not sigma > 0:
+        raise ValueError(f"the blur's sigma must be positive, got {sigma!r}")
+    if x.ndim != 4:
+        raise ValueError(f"blurring needs images shaped (N, H, W, C), got shape {x.shape}")
+    radius = max(1, int(np.ceil(3 * sigma)))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(offsets**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    for axis in (1, 2):
+        padding = [(radius, radius) if a == axis else (0, 0) for a in range(4)]
+        padded = np.pad(x, padding, mode="edge")
+        length = x.shape[axis]
+        x = sum(k * np.take(padded, np.arange(i, i + length), axis=axis) for i, k in enumerate(kernel))
+    return x.astype(np.float32)
+
+
+def resolve_reference(x: np.ndarray, reference: Any, *, blur_sigma: float = 3.0) -> np.ndarray:
+    """The reference (baseline) input of every sample of the validated batch ``x``, shape ``x.shape``.
+
+    ``reference`` is ``"zeros"`` (a black image), ``"blur"`` (each input blurred with a Gaussian
+    of ``blur_sigma`` pixels), or an array: one input (for example the mean training image,
+    broadcast to every sample) or one reference per sample.
+    """
+    if isinstance(reference, str):
+        if reference == "zeros":
+            return np.zeros_like(x)
+        if reference == "blur":
+            return gaussian_blur(x, blur_sigma)
+        raise ValueError(f"reference must be 'zeros', 'blur' or an array, got {reference!r}")
+    reference = np.asarray(reference.numpy() if isinstance(reference, tf.Tensor) else reference)
+    if reference.dtype.kind not in "fiu":
+        raise TypeError(f"reference must be numeric, got dtype {reference.dtype}")
+    if reference.shape == x.shape[1:]:
+        reference = np.broadcast_to(reference, x.shape)
+    if reference.shape != x.shape:
+        raise ValueError(
+            f"reference has shape {reference.shape}; it must be one input of shape {x.shape[1:]} "
+            f"or one per sample, shape {x.shape}"
+        )
+    if not np.isfinite(reference).all():
+        raise ValueError("reference contains NaN or infinite values")
+    return reference.astype(np.float32)

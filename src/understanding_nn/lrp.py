@@ -162,6 +162,7 @@ class Passthrough:
 
     name: str
     function: Callable[[tf.Tensor], tf.Tensor]
+    elementwise: bool = False  # True for the ReLU, False for reshapes and dropout
 
     def forward(self, a: tf.Tensor) -> tf.Tensor:
         return self.function(a)
@@ -279,7 +280,7 @@ def plan(model: keras.Model) -> list[Step]:
         elif (type(layer) is keras.layers.ReLU and _is_plain_relu(layer)) or (
             type(layer) is keras.layers.Activation and _activation_name(layer) == "relu"
         ):
-            steps.append(Passthrough(layer.name, tf.nn.relu))
+            steps.append(Passthrough(layer.name, tf.nn.relu, elementwise=True))
         elif is_last and (
             type(layer) is keras.layers.Softmax
             or (type(layer) is keras.layers.Activation and _activation_name(layer) in ("softmax", "sigmoid"))
