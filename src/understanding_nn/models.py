@@ -87,6 +87,7 @@ def conv_net(
     filters: tuple[int, ...] = (32, 64, 128),
     pooling: str = "max",
     use_bias: bool = True,
+    batch_norm: bool = False,
     dense: int = 625,
     dropout: float = 0.0,
     input_shape: tuple[int, ...] = _data.IMAGE_SHAPE,
@@ -97,14 +98,19 @@ def conv_net(
     dense ReLU layer and dense logits (28 → 14 → 7 → 4 with three blocks).
 
     ``pooling`` is ``"max"`` or ``"avg"``; ``dropout`` (a drop rate) follows each block and the
-    dense layer when non-zero.
+    dense layer when non-zero. With ``batch_norm`` each convolution is followed by a
+    BatchNormalization and then the ReLU (convolution, normalization, ReLU).
     """
     if pooling not in ("max", "avg"):
         raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
     pool = keras.layers.MaxPooling2D if pooling == "max" else keras.layers.AveragePooling2D
     layers: list[keras.layers.Layer] = [keras.Input(input_shape)]
     for n_filters in filters:
-        layers.append(keras.layers.Conv2D(n_filters, 3, padding="same", activation="relu", use_bias=use_bias))
+        if batch_norm:
+            layers.append(keras.layers.Conv2D(n_filters, 3, padding="same", use_bias=use_bias))
+            layers += [keras.layers.BatchNormalization(), keras.layers.ReLU()]
+        else:
+            layers.append(keras.layers.Conv2D(n_filters, 3, padding="same", activation="relu", use_bias=use_bias))
         layers.append(pool(2, padding="same"))
         if dropout:
             layers.append(keras.layers.Dropout(dropout))
@@ -265,6 +271,10 @@ _ZOO: dict[str, ZooEntry] = {
         ZooEntry(
             "cnn_avgpool_nobias", conv_net, "the CNN with average pooling and no biases (5.1, 5.2)",
             {"pooling": "avg", "use_bias": False}, accuracy_floor=0.95,
+        ),
+        ZooEntry(
+            "cnn_batchnorm", conv_net, "the CNN with batch normalization after each convolution (2.5)",
+            {"pooling": "max", "batch_norm": True}, accuracy_floor=0.95,
         ),
         ZooEntry("cnn_stride2", strided_cnn, "two stride-2 4×4 convolutions + dense 128 (2.6)", accuracy_floor=0.95),
         ZooEntry("allconv", all_conv_net, "all-convolutional net with a GAP head (3.3)", accuracy_floor=0.93),
