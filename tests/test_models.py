@@ -20,6 +20,7 @@ ZOO = [
     "cnn_nobias",
     "cnn_avgpool",
     "cnn_avgpool_nobias",
+    "cnn_batchnorm",
     "cnn_stride2",
     "allconv",
     "gap_cnn",

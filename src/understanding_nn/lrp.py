@@ -88,31 +88,66 @@ def _divide(numerator: tf.Tensor, denominator: tf.Tensor) -> tf.Tensor:
 
 @dataclass
 class Linear:
-    """A Dense or Conv2D layer (with any folded batch normalization) as an affine map.
+    """A Dense or Conv2D layer, with any batch normalization that follows it folded in, as an
+    affine map :math:`z = w^\\top a + b`.
 
     ``activation`` is ``"relu"`` or ``"linear"``: relevance passes a ReLU unchanged, so only
-    the affine part matters for the rules.
+    the affine part matters for the rules. ``kernel`` and ``bias`` are read from the layers'
+    variables at every access, so a compiled propagation always uses the current weights.
     """
 
-    name: str
-    kind: str  # "dense" or "conv"
-    kernel: tf.Tensor
-    bias: tf.Tensor | None
+    layer: keras.layers.Layer
     activation: str
-    strides: tuple[int, int] = (1, 1)
-    padding: str = "VALID"
-    dilation: tuple[int, int] = (1, 1)
+    norm: keras.layers.BatchNormalization | None = None
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def kind(self) -> str:
+        return "dense" if isinstance(self.layer, keras.layers.Dense) else "conv"
+
+    def _norm_scale(self) -> tf.Tensor:
+        """:math:`s = \\gamma / \\sqrt{\\sigma^2 + \\epsilon}` of the folded normalization."""
+        norm = self.norm
+        scale = tf.math.rsqrt(tf.convert_to_tensor(norm.moving_variance) + norm.epsilon)
+        return scale * norm.gamma if norm.scale else scale
+
+    @property
+    def kernel(self) -> tf.Tensor:
+        """:math:`w`, or :math:`w s` with a folded normalization."""
+        kernel = tf.convert_to_tensor(self.layer.kernel)
+        return kernel if self.norm is None else kernel * self._norm_scale()
+
+    @property
+    def bias(self) -> tf.Tensor | None:
+        """:math:`b`, or :math:`(b - \\mu) s + \\beta` with a folded normalization; ``None`` for
+        a layer without bias or normalization."""
+        bias = tf.convert_to_tensor(self.layer.bias) if self.layer.use_bias else None
+        if self.norm is None:
+            return bias
+        norm = self.norm
+        if bias is None:
+            bias = tf.zeros_like(tf.convert_to_tensor(norm.moving_mean))
+        bias = (bias - norm.moving_mean) * self._norm_scale()
+        return bias + norm.beta if norm.center else bias
 
     def affine(self, a: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
         """The layer's affine map with a given (possibly modified) kernel and bias."""
+        a = tf.convert_to_tensor(a, tf.float32)
         if self.kind == "dense":
             z = tf.matmul(a, kernel)
         else:
-            z = tf.nn.conv2d(a, kernel, strides=self.strides, padding=self.padding, dilations=self.dilation)
+            layer = self.layer
+            z = tf.nn.conv2d(
+                a, kernel, strides=layer.strides, padding=layer.padding.upper(), dilations=layer.dilation_rate
+            )
         return z if bias is None else z + bias
 
     def transpose(self, a: tf.Tensor, kernel: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
         """:math:`c_j = \\sum_k w_{jk} s_k`: the affine map's transpose applied to ``s``."""
+        a, s = tf.convert_to_tensor(a, tf.float32), tf.convert_to_tensor(s, tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(a)
             z = self.affine(a, kernel)
@@ -183,45 +218,29 @@ def _linear_from(layer: keras.layers.Layer, is_last: bool) -> Linear:
             f"layer {layer.name!r} ({type(layer).__name__}) has activation {activation!r}; relevance "
             "propagation supports ReLU or no activation (and a final softmax or sigmoid)"
         )
-    bias = layer.bias if layer.use_bias else None
-    if isinstance(layer, keras.layers.Dense):
-        return Linear(layer.name, "dense", layer.kernel, bias, "relu" if activation == "relu" else "linear")
-    if layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1:
+    if isinstance(layer, keras.layers.Conv2D) and (layer.data_format != "channels_last" or layer.groups != 1):
         raise UnsupportedModelError(
             f"Conv2D layer {layer.name!r} uses data_format={layer.data_format!r}, groups={layer.groups}; "
             "relevance propagation supports channels_last convolutions without groups"
         )
-    return Linear(
-        layer.name, "conv", layer.kernel, bias, "relu" if activation == "relu" else "linear",
-        strides=tuple(layer.strides), padding=layer.padding.upper(), dilation=tuple(layer.dilation_rate),
-    )
+    return Linear(layer, "relu" if activation == "relu" else "linear")
 
 
 def _fold_batch_norm(linear: Linear, norm: keras.layers.BatchNormalization) -> Linear:
     """Fold an inference-mode batch normalization into the affine layer before it.
 
     :math:`\\gamma (z - \\mu) / \\sqrt{\\sigma^2 + \\epsilon} + \\beta` of :math:`z = w^\\top a + b`
-    is again affine, with kernel :math:`w \\cdot s` and bias :math:`(b - \\mu) s + \\beta`, where
-    :math:`s = \\gamma / \\sqrt{\\sigma^2 + \\epsilon}`.
+    is again affine, with kernel :math:`w s` and bias :math:`(b - \\mu) s + \\beta`, where
+    :math:`s = \\gamma / \\sqrt{\\sigma^2 + \\epsilon}` (see :attr:`Linear.kernel`, :attr:`Linear.bias`).
     """
-    if linear.activation != "linear":
+    if linear.activation != "linear" or linear.norm is not None:
         raise UnsupportedModelError(
             f"BatchNormalization layer {norm.name!r} follows {linear.name!r}, which applies a ReLU "
             "first; only a normalization directly after a Dense or Conv2D without activation can be folded"
         )
     if norm.axis not in (-1, len(norm.input.shape) - 1):
         raise UnsupportedModelError(f"BatchNormalization layer {norm.name!r} normalises axis {norm.axis}, not the channels")
-    scale = tf.math.rsqrt(norm.moving_variance + norm.epsilon)
-    if norm.scale:
-        scale = scale * norm.gamma
-    bias = linear.bias if linear.bias is not None else tf.zeros_like(norm.moving_mean)
-    bias = (bias - norm.moving_mean) * scale
-    if norm.center:
-        bias = bias + norm.beta
-    return Linear(
-        linear.name, linear.kind, linear.kernel * scale, bias, "linear",
-        linear.strides, linear.padding, linear.dilation,
-    )
+    return Linear(linear.layer, "linear", norm)
 
 
 def _pool_from(layer: keras.layers.Layer, kind: str) -> Pool:
@@ -327,7 +346,8 @@ class Epsilon(Rule):
 
     with :math:`\\mathrm{sign}(0) = 1`. ``bias=True`` (the paper's convention) puts the bias in
     :math:`z_k`, where it absorbs its share of relevance; ``bias=False`` leaves it out, so the
-    layer conserves relevance exactly for ``epsilon=0``.
+    layer conserves relevance exactly for ``epsilon=0``, but on a layer with biases the
+    denominators :math:`z_k - b_k` can then be close to zero and the relevance explode.
     """
 
     epsilon: float = 0.0
@@ -378,6 +398,9 @@ class AlphaBeta(Rule):
     where :math:`(\\cdot)^+` and :math:`(\\cdot)^-` keep the positive and negative
     contributions (for any sign of :math:`a_j`). ``bias=True`` adds :math:`b_k^+` and
     :math:`b_k^-` to the two denominators; the default leaves biases out, as §5.1 writes the rule.
+    A neuron without negative contributions has a zero second denominator, whose share is then
+    taken as zero: it passes down :math:`\\alpha R_k`, so with :math:`\\beta > 0` the rule does
+    not conserve relevance exactly.
     """
 
     alpha: float = 2.0
@@ -488,6 +511,9 @@ class Composite:
     The first match wins: ``by_name`` (layer name → rule), then ``first`` (the layer closest to
     the input) and ``last`` (the logit layer), then ``by_type`` (``"dense"`` or ``"conv"`` →
     rule), then ``default``.
+
+    Compiled propagations are cached per model under the composite's ``repr``, so a custom rule
+    should, like the rules here, be a frozen dataclass whose ``repr`` lists its parameters.
     """
 
     default: Rule = field(default_factory=Epsilon)
@@ -591,6 +617,7 @@ def layer_relevances(
     *,
     composite: Composite | None = None,
     max_pooling: str = "winner_take_all",
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[tuple[str, np.ndarray]]:
     """The relevance at every layer boundary, from the input to the logits (for conservation plots).
 
@@ -600,11 +627,17 @@ def layer_relevances(
     """
     validate_model(model)
     x = validate_input(model, x)
-    targets = resolve_target(model, x, target)
+    targets = resolve_target(model, x, target, batch_size)
     propagate = _propagation(model, composite or Composite(), max_pooling)
-    relevances = propagate(tf.constant(x), tf.constant(targets))
+    batches = [
+        propagate(tf.constant(x[i : i + batch_size]), tf.constant(targets[i : i + batch_size]))
+        for i in range(0, len(x), batch_size)
+    ]
     names = ["input"] + [step.name for step in plan(model)]
-    return [(name, r.numpy()) for name, r in zip(names, relevances)]
+    return [
+        (name, np.concatenate([batch[layer].numpy() for batch in batches], axis=0))
+        for layer, name in enumerate(names)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
