@@ -34,9 +34,11 @@ __all__ = [
     "Target",
     "UnsupportedModelError",
     "batch_signature",
+    "class_indices",
     "compile_batch_function",
     "compiled",
     "explain",
+    "explain_sliding",
     "gaussian_blur",
     "logit_function",
     "methods",
@@ -217,6 +219,12 @@ def resolve_target(
     n_classes = int(model.outputs[0].shape[-1])
     if target is None:
         return np.argmax(predict_logits(model, x, batch_size=batch_size), axis=1).astype(np.int32)
+    return class_indices(target, n_samples, n_classes)
+
+
+def class_indices(target: Target, n_samples: int, n_classes: int) -> np.ndarray:
+    """Check an explicit ``target`` (an int, or one class index per sample) and return it as
+    ``n_samples`` int32 class indices in ``0 .. n_classes - 1``."""
     if isinstance(target, tf.Tensor):
         target = target.numpy()
     if isinstance(target, (bool, np.bool_)):
@@ -418,3 +426,121 @@ def resolve_reference(x: np.ndarray, reference: Any, *, blur_sigma: float = 3.0)
     if not np.isfinite(reference).all():
         raise ValueError("reference contains NaN or infinite values")
     return reference.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Explaining inputs larger than the model's: the sliding window (translation trick)
+# --------------------------------------------------------------------------------------------
+
+# Windows explained per call of explain() in explain_sliding (each call batches them further).
+_SLIDING_CHUNK = 2048
+
+
+def _window_offsets(length: int, size: int, stride: int) -> list[int]:
+    """Offsets ``0, stride, 2 stride, ...`` of the windows along one axis, plus the last
+    possible offset ``length - size`` if the stride does not reach it, so every pixel is covered."""
+    offsets = list(range(0, length - size + 1, stride))
+    if offsets[-1] != length - size:
+        offsets.append(length - size)
+    return offsets
+
+
+def explain_sliding(
+    model: keras.Model,
+    canvas: Any,
+    method: str,
+    target: Target,
+    *,
+    stride: int = 4,
+    **params: Any,
+) -> np.ndarray:
+    """Explain a canvas larger than the model's input by sliding the model over it.
+
+    Every window of the model's input size ``h × w`` is cut from each canvas at the offsets
+    :math:`o = (r, c)` with :math:`r = 0, s, 2s, \\dots` and :math:`c = 0, s, 2s, \\dots`
+    (stride :math:`s`, plus the last offset of each axis so that the border is covered). Each
+    window :math:`x^{(o)}` is explained for the target class with :func:`explain`, and the
+    relevance of a canvas pixel :math:`p` is the mean over the windows :math:`O(p)` that contain it:
+
+    .. math:: R_p = \\frac{1}{|O(p)|} \\sum_{o \\in O(p)} R^{(o)}_{p - o}(x^{(o)}) .
+
+    This is the translation trick (Montavon et al. 2018, §6) for a classifier of fixed input
+    size: the canvas is explained by the same model at every placement, and the maps are
+    averaged where they overlap. The result is not a decomposition of one score (the windows
+    have different logits), so it need not sum to any logit.
+
+    Parameters
+    ----------
+    model
+        As in :func:`explain`; its input shape ``(h, w, channels)`` must be fully known.
+    canvas
+        A batch of canvases ``(N, H, W, channels)``, floating point, finite, with
+        ``H >= h`` and ``W >= w``.
+    method
+        One of :func:`methods`.
+    target
+        The class to explain in every window: an int, or one class index per canvas.
+        ``None`` is refused: a canvas has no single predicted class.
+    stride
+        Step between neighbouring windows in pixels, an integer ``>= 1``; ``stride=1`` uses
+        every placement.
+    **params
+        Passed to :func:`explain` (the method's parameters and ``batch_size``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The averaged relevance, float32, shaped like ``canvas``.
+    """
+    validate_model(model)
+    window = tuple(model.inputs[0].shape[1:])
+    if len(window) != 3 or any(d is None for d in window):
+        raise UnsupportedModelError(
+            f"model {model.name!r} has input shape {_format_shape(tuple(model.inputs[0].shape))}; "
+            "sliding windows need images of a fixed size, shape (N, height, width, channels)"
+        )
+    height, width, channels = (int(d) for d in window)
+    if isinstance(canvas, tf.Tensor):
+        canvas = canvas.numpy()
+    canvas = np.asarray(canvas)
+    if canvas.dtype.kind != "f":
+        raise TypeError(f"canvas must be a floating-point array, got dtype {canvas.dtype}")
+    if canvas.ndim != 4 or canvas.shape[-1] != channels:
+        raise ValueError(
+            f"canvas has shape {canvas.shape}; it must be a batch of images (N, H, W, {channels}) "
+            f"for model {model.name!r}"
+        )
+    if canvas.shape[0] == 0:
+        raise ValueError("canvas is an empty batch (0 canvases)")
+    n_canvases, canvas_height, canvas_width = canvas.shape[:3]
+    if canvas_height < height or canvas_width < width:
+        raise ValueError(
+            f"the canvas ({canvas_height}×{canvas_width}) is smaller than one window of the model's "
+            f"input size ({height}×{width})"
+        )
+    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+    if not np.isfinite(canvas).all():
+        raise ValueError(f"canvas contains {int((~np.isfinite(canvas)).sum())} NaN or infinite values")
+    if target is None:
+        raise ValueError(
+            "explain_sliding needs the class to explain (an int or one class per canvas): "
+            "a canvas has no single predicted class"
+        )
+    targets = class_indices(target, n_canvases, int(model.outputs[0].shape[-1]))
+
+    rows = _window_offsets(canvas_height, height, stride)
+    cols = _window_offsets(canvas_width, width, stride)
+    coverage = np.zeros((canvas_height, canvas_width), dtype=np.float64)
+    for r in rows:
+        for c in cols:
+            coverage[r : r + height, c : c + width] += 1
+    places = [(n, r, c) for n in range(n_canvases) for r in rows for c in cols]
+    total = np.zeros(canvas.shape, dtype=np.float64)
+    for start in range(0, len(places), _SLIDING_CHUNK):
+        chunk = places[start : start + _SLIDING_CHUNK]
+        windows = np.stack([canvas[n, r : r + height, c : c + width] for n, r, c in chunk])
+        relevance = explain(model, windows, method, targets[[n for n, _, _ in chunk]], **params)
+        for (n, r, c), window_relevance in zip(chunk, relevance):
+            total[n, r : r + height, c : c + width] += window_relevance
+    return (total / coverage[None, :, :, None]).astype(np.float32)
