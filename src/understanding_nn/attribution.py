@@ -400,19 +400,24 @@ def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def resolve_reference(x: np.ndarray, reference: Any, *, blur_sigma: float = 3.0) -> np.ndarray:
+def resolve_reference(
+    x: np.ndarray, reference: Any, *, blur_sigma: float = 3.0, seed: int = 0
+) -> np.ndarray:
     """The reference (baseline) input of every sample of the validated batch ``x``, shape ``x.shape``.
 
     ``reference`` is ``"zeros"`` (a black image), ``"blur"`` (each input blurred with a Gaussian
-    of ``blur_sigma`` pixels), or an array: one input (for example the mean training image,
-    broadcast to every sample) or one reference per sample.
+    of ``blur_sigma`` pixels), ``"uniform"`` (uniform noise on the data range [0, 1], drawn
+    with ``seed``), or an array: one input (for example the mean training image, broadcast to
+    every sample) or one reference per sample.
     """
     if isinstance(reference, str):
         if reference == "zeros":
             return np.zeros_like(x)
         if reference == "blur":
             return gaussian_blur(x, blur_sigma)
-        raise ValueError(f"reference must be 'zeros', 'blur' or an array, got {reference!r}")
+        if reference == "uniform":
+            return np.random.default_rng(seed).uniform(0.0, 1.0, size=x.shape).astype(np.float32)
+        raise ValueError(f"reference must be 'zeros', 'blur', 'uniform' or an array, got {reference!r}")
     reference = np.asarray(reference.numpy() if isinstance(reference, tf.Tensor) else reference)
     if reference.dtype.kind not in "fiu":
         raise TypeError(f"reference must be numeric, got dtype {reference.dtype}")

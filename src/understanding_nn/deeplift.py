@@ -37,7 +37,7 @@ from .attribution import (
     validate_input,
     validate_model,
 )
-from .lrp import Linear, Passthrough, Pool, plan
+from .lrp import Linear, Pool, plan, record_forward
 
 __all__ = ["deeplift"]
 
@@ -56,34 +56,17 @@ def _multipliers(model: keras.Model) -> Any:
         steps = plan(model)
 
         def contributions(x: tf.Tensor, target: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
-            inputs, references, pre_activations = [], [], []
-            a, a0 = x, reference
-            for step in steps:
-                inputs.append(a)
-                references.append(a0)
+            inputs, relu_arguments, logits = record_forward(steps, x)
+            _, reference_arguments, _ = record_forward(steps, reference)
+            multiplier = tf.one_hot(target, tf.shape(logits)[1], dtype=logits.dtype)
+            backward = zip(reversed(steps), reversed(inputs), reversed(relu_arguments), reversed(reference_arguments))
+            for step, a, z, z0 in backward:
+                if z is not None:  # a ReLU: the Rescale rule
+                    multiplier = multiplier * _rescale(tf.nn.relu(z) - tf.nn.relu(z0), z - z0, tf.cast(z > 0, z.dtype))
                 if isinstance(step, Linear):
-                    z, z0 = step.affine(a, step.kernel, step.bias), step.affine(a0, step.kernel, step.bias)
-                    pre_activations.append((z, z0))
-                    a, a0 = (tf.nn.relu(z), tf.nn.relu(z0)) if step.activation == "relu" else (z, z0)
-                else:
-                    pre_activations.append(None)
-                    a, a0 = step.forward(a), step.forward(a0)
-            multiplier = tf.one_hot(target, tf.shape(a)[1], dtype=a.dtype)
-            for step, a, a0, pre in zip(reversed(steps), reversed(inputs), reversed(references), reversed(pre_activations)):
-                if isinstance(step, Linear):
-                    if step.activation == "relu":
-                        z, z0 = pre
-                        slope = tf.cast(z > 0, z.dtype)
-                        multiplier = multiplier * _rescale(tf.nn.relu(z) - tf.nn.relu(z0), z - z0, slope)
                     multiplier = step.transpose(a, step.kernel, multiplier)
                 elif isinstance(step, Pool):
-                    with tf.GradientTape() as tape:
-                        tape.watch(a)
-                        pooled = step.forward(a)
-                    multiplier = tape.gradient(pooled, a, output_gradients=multiplier)
-                elif isinstance(step, Passthrough) and step.elementwise:
-                    slope = tf.cast(a > 0, a.dtype)
-                    multiplier = multiplier * _rescale(step.forward(a) - step.forward(a0), a - a0, slope)
+                    multiplier = step.transpose(a, multiplier)
                 else:
                     multiplier = tf.reshape(multiplier, tf.shape(a))
             return multiplier * (x - reference)

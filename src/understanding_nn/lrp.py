@@ -71,6 +71,7 @@ __all__ = [
     "lrp_z",
     "lrp_zplus",
     "plan",
+    "record_forward",
 ]
 
 MAX_POOLING = ("winner_take_all", "proportional")
@@ -178,6 +179,14 @@ class Pool:
             return tf.nn.max_pool2d(a, self.pool_size, self.strides, self.padding)
         return self.average(a)
 
+    def transpose(self, a: tf.Tensor, signal: tf.Tensor) -> tf.Tensor:
+        """Pass a backward signal as the gradient does: max-pooling routes each window's signal
+        to its maximum at ``a`` (the "switches"), average pooling shares it evenly."""
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            pooled = self.forward(a)
+        return tape.gradient(pooled, a, output_gradients=signal)
+
     def propagate(self, a: tf.Tensor, relevance: tf.Tensor, max_pooling: str) -> tf.Tensor:
         """Winner-take-all routes each window's relevance to its maximum (Bach et al. 2015);
         proportional, and average pooling, share it as :math:`R_j = a_j / \\sum_{j'} a_{j'} R_k`."""
@@ -204,6 +213,26 @@ class Passthrough:
 
 
 Step = Linear | Pool | Passthrough
+
+
+def record_forward(steps: list[Step], x: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor | None], tf.Tensor]:
+    """Run ``x`` through ``steps``, keeping what backward passes need.
+
+    Returns the input of every step, the argument of every ReLU (the pre-activation ``z`` of a
+    Linear step with a ReLU, the input of a ReLU layer; ``None`` elsewhere), and the output.
+    """
+    inputs, relu_arguments = [], []
+    a = x
+    for step in steps:
+        inputs.append(a)
+        if isinstance(step, Linear):
+            z = step.affine(a, step.kernel, step.bias)
+            relu_arguments.append(z if step.activation == "relu" else None)
+            a = tf.nn.relu(z) if step.activation == "relu" else z
+        else:
+            relu_arguments.append(a if isinstance(step, Passthrough) and step.elementwise else None)
+            a = step.forward(a)
+    return inputs, relu_arguments, a
 
 
 def _activation_name(layer: keras.layers.Layer) -> str:
