@@ -9,13 +9,15 @@ Interpreting and Understanding Deep Neural Networks*, Digital Signal Processing 
 
 Modules, by idea: :mod:`~understanding_nn.data` (MNIST, cluttered MNIST, toys),
 :mod:`~understanding_nn.models` (the model zoo), :mod:`~understanding_nn.attribution` (the
-uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-based methods) and
-:mod:`~understanding_nn.plotting` (heatmaps).
+uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-based methods),
+:mod:`~understanding_nn.lrp` (layer-wise relevance propagation and deep Taylor decomposition),
+:mod:`~understanding_nn.deeplift` (DeepLIFT), :mod:`~understanding_nn.prototypes` (activation
+maximization) and :mod:`~understanding_nn.plotting` (heatmaps).
 """
 
 __version__ = "0.1.0"
 
-from . import attribution, data, deeplift, gradients, lrp, models, plotting  # noqa: E402
+from . import attribution, data, deeplift, gradients, lrp, models, plotting, prototypes  # noqa: E402
 from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
 
 __all__ = [
@@ -30,4 +32,5 @@ __all__ = [
     "methods",
     "models",
     "plotting",
+    "prototypes",
 ]
