@@ -12,12 +12,13 @@ Modules, by idea: :mod:`~understanding_nn.data` (MNIST, cluttered MNIST, toys),
 uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-based methods),
 :mod:`~understanding_nn.lrp` (layer-wise relevance propagation and deep Taylor decomposition),
 :mod:`~understanding_nn.deeplift` (DeepLIFT), :mod:`~understanding_nn.prototypes` (activation
-maximization) and :mod:`~understanding_nn.plotting` (heatmaps).
+maximization), :mod:`~understanding_nn.metrics` (quality measures of maps) and
+:mod:`~understanding_nn.plotting` (heatmaps).
 """
 
 __version__ = "0.1.0"
 
-from . import attribution, data, deeplift, gradients, lrp, models, plotting, prototypes  # noqa: E402
+from . import attribution, data, deeplift, gradients, lrp, metrics, models, plotting, prototypes  # noqa: E402
 from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "gradients",
     "lrp",
     "methods",
+    "metrics",
     "models",
     "plotting",
     "prototypes",
