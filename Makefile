@@ -21,13 +21,17 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(PIP) install --no-deps --no-build-isolation --editable .
 	@touch $@
 
-# The execution cache is keyed on each chapter's code by jupyter-cache; the package's source is
-# hashed here too, and a change to it clears the cache, so no page shows stale outputs.
+# Sphinx re-reads only changed pages, and jupyter-cache keys outputs on each chapter's code
+# alone. The package's source is hashed here too: when it changed, the execution cache is
+# cleared and every page is rebuilt (--all), so no page shows outputs of an older package.
 book: $(INSTALLED)
 	@start=$$(date +%s); \
 	source_hash=$$(cat $$(find src -name '*.py' | sort) pyproject.toml requirements.txt | sha256sum | cut -c1-16); \
-	if [ "$$(cat _build/.source-hash 2>/dev/null)" != "$$source_hash" ]; then rm -rf _build/.jupyter_cache; fi; \
-	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going; status=$$?; \
+	rebuild=""; \
+	if [ "$$(cat _build/.source-hash 2>/dev/null)" != "$$source_hash" ]; then \
+		rm -rf _build/.jupyter_cache; rebuild="--all"; \
+	fi; \
+	$(BIN)/jupyter-book build . $$rebuild --warningiserror --nitpick --keep-going; status=$$?; \
 	if [ $$status -eq 0 ]; then echo "$$source_hash" > _build/.source-hash; fi; \
 	echo "make book: $$(( $$(date +%s) - start )) s (exit $$status)"; \
 	exit $$status

@@ -235,3 +235,29 @@ def test_image_grid_mismatched_titles_raise(digit_images):
 def test_image_grid_empty_batch_raises():
     with pytest.raises(ValueError, match="nothing to plot"):
         plotting.image_grid(np.zeros((0, 28, 28, 1)))
+
+
+def test_comparison_grid_has_one_row_per_method_and_one_shared_colorbar():
+    rng = np.random.default_rng(0)
+    maps = {"a": rng.normal(size=(3, 8, 8, 1)), "b": 100 * rng.normal(size=(3, 8, 8, 1))}
+    images = rng.uniform(size=(3, 8, 8, 1))
+    fig = plotting.comparison_grid(maps, images, column_titles=["x", "y", "z"], suptitle="t")
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    colorbars = [ax for ax in fig.axes if not ax.get_images()]
+    assert len(panels) == 6 and len(colorbars) == 1
+    assert [panels[0].get_ylabel(), panels[3].get_ylabel()] == ["a", "b"]
+    assert [ax.get_title() for ax in panels[:3]] == ["x", "y", "z"]
+    # Normalised per map: every panel spans [-1, 1] whatever the method's scale.
+    for ax in panels:
+        data = ax.get_images()[0].get_array()
+        assert np.abs(data).max() == pytest.approx(1.0)
+        assert ax.get_images()[0].get_clim() == (-1.0, 1.0)
+
+
+def test_comparison_grid_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="same shape"):
+        plotting.comparison_grid({"a": np.zeros((2, 4, 4)), "b": np.zeros((3, 4, 4))})
+    with pytest.raises(ValueError, match="column titles"):
+        plotting.comparison_grid({"a": np.zeros((2, 4, 4))}, column_titles=["only one"])
+    with pytest.raises(ValueError, match="maps is empty"):
+        plotting.comparison_grid({})

@@ -15,7 +15,7 @@ Whether a map is signed is decided from its values unless ``signed`` is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,7 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-__all__ = ["DIVERGING", "SEQUENTIAL", "heatmap_grid", "image_grid", "plot_heatmap", "scale"]
+__all__ = ["DIVERGING", "SEQUENTIAL", "comparison_grid", "heatmap_grid", "image_grid", "plot_heatmap", "scale"]
 
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "Reds"
@@ -171,6 +171,80 @@ def heatmap_grid(
             label=label,
             limits=limits,
         )
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def comparison_grid(
+    maps: Mapping[str, np.ndarray],
+    images: np.ndarray | None = None,
+    *,
+    column_titles: Sequence[str] | None = None,
+    normalize: bool = True,
+    signed: bool | None = None,
+    label: str | None = None,
+    suptitle: str | None = None,
+    panel_size: float = 1.3,
+) -> Figure:
+    """Several methods side by side: one row per method (``maps``' keys label the rows), one
+    column per sample, one shared colorbar.
+
+    Parameters
+    ----------
+    maps
+        Method name → batch of maps, every batch of the same shape ``(N, H, W[, C])``.
+    images
+        The explained inputs, drawn as outlines; ``None`` for none.
+    column_titles
+        One title per sample (for example ``"digit 3"``).
+    normalize
+        ``True`` (default) divides every map by its own :math:`\\max_i |R_i|`, so the colours
+        compare the *shapes* of the maps across methods whose scales differ; ``False`` shares the
+        limits of all maps, so magnitudes compare.
+    signed, label, suptitle, panel_size
+        Colormap choice as in :func:`plot_heatmap` (decided once for all maps), colorbar label,
+        figure title, size of one panel in inches.
+    """
+    if not maps:
+        raise ValueError("maps is empty: give at least one method's maps")
+    batches = {name: np.asarray(batch) for name, batch in maps.items()}
+    shapes = {batch.shape for batch in batches.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"every method needs maps of the same shape, got {sorted(shapes)}")
+    n_samples = next(iter(shapes))[0]
+    if images is not None and len(images) != n_samples:
+        raise ValueError(f"got {n_samples} maps per method but {len(images)} images")
+    if column_titles is not None and len(column_titles) != n_samples:
+        raise ValueError(f"got {n_samples} maps per method but {len(column_titles)} column titles")
+    if normalize:
+        batches = {
+            name: batch / np.maximum(np.abs(batch).reshape(n_samples, -1).max(axis=1), 1e-30).reshape(
+                (-1,) + (1,) * (batch.ndim - 1)
+            )
+            for name, batch in batches.items()
+        }
+    everything = np.stack(list(batches.values()))
+    if signed is None:
+        signed = bool((everything < 0).any())
+    limits = scale(everything, signed)[1:]
+    if label is None:
+        label = r"$R_i \,/\, \max_i |R_i|$" if normalize else "relevance"
+    fig, axes = plt.subplots(
+        len(batches), n_samples, figsize=(panel_size * n_samples + 1.2, panel_size * len(batches)),
+        squeeze=False, layout="constrained",
+    )
+    for row, (name, batch) in zip(axes, batches.items()):
+        for column, ax in enumerate(row):
+            shown = plot_heatmap(
+                batch[column], None if images is None else images[column], ax=ax, signed=signed,
+                colorbar=False, limits=limits,
+            )
+        row[0].set_ylabel(name, fontsize=9)
+    if column_titles is not None:
+        for ax, title in zip(axes[0], column_titles):
+            ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=axes, shrink=0.6, label=label)
     if suptitle:
         fig.suptitle(suptitle)
     return fig
