@@ -140,17 +140,22 @@ def _conservation_cases():
                 )
 
 
+def _positively_predicted(model, images):
+    """The inputs whose predicted-class logit is positive, with that class and logit: z⁺ and
+    z^B conserve positive relevance, so conservation is checked on these."""
+    logits = predict_logits(model, images)
+    target = logits.argmax(axis=1)
+    logit = logits[np.arange(len(target)), target]
+    positive = logit > 1e-3
+    assert positive.sum() >= 5
+    return images[positive], target[positive], logit[positive]
+
+
 @pytest.mark.parametrize(("model_name", "method", "params", "max_pooling"), list(_conservation_cases()))
 def test_conservation_on_bias_free_relu_nets(model_zoo, unit_images, model_name, method, params, max_pooling):
     """Σ_i R_i = S_c(x) for the predicted class (whose logit is positive on these inputs)."""
     model = model_zoo(model_name)
-    logits = predict_logits(model, unit_images)
-    target = logits.argmax(axis=1)
-    logit = logits[np.arange(len(target)), target]
-    positive = logit > 1e-3
-    # z⁺ and z^B conserve positive relevance: keep the samples whose explained logit is positive.
-    assert positive.sum() >= 5
-    x, target, logit = unit_images[positive], target[positive], logit[positive]
+    x, target, logit = _positively_predicted(model, unit_images)
     relevance = unn.explain(model, x, method, target=target, max_pooling=max_pooling, **params)
     assert relevance.shape == x.shape
     assert np.isfinite(relevance).all()
@@ -162,13 +167,9 @@ def test_conservation_on_bias_free_relu_nets(model_zoo, unit_images, model_name,
 def test_w_square_and_flat_presets_conserve(model_zoo, unit_images, model_name, method):
     """w² and flat on the input layer, z⁺ above: still conservative on bias-free ReLU nets."""
     model = model_zoo(model_name)
-    logits = predict_logits(model, unit_images)
-    target = logits.argmax(axis=1)
-    logit = logits[np.arange(len(target)), target]
-    keep = logit > 1e-3
-    assert keep.sum() >= 5
-    relevance = unn.explain(model, unit_images[keep], method, target=target[keep])
-    np.testing.assert_array_less(_relative_error(_sums(relevance), logit[keep]), 1e-4)
+    x, target, logit = _positively_predicted(model, unit_images)
+    relevance = unn.explain(model, x, method, target=target)
+    np.testing.assert_array_less(_relative_error(_sums(relevance), logit), 1e-4)
 
 
 def test_z_conserves_negative_logits_too(model_zoo, unit_images):

@@ -36,6 +36,7 @@ __all__ = [
     "batch_signature",
     "class_indices",
     "compile_batch_function",
+    "compile_function",
     "compiled",
     "explain",
     "explain_sliding",
@@ -326,20 +327,24 @@ def batch_signature(model: keras.Model, *, target: bool = True, references: int 
     return [x_spec, *target_spec, *[x_spec] * references]
 
 
-def compile_batch_function(
-    model: keras.Model, function: Callable[..., Any], *, target: bool = True, references: int = 0
-) -> Any:
-    """``function`` compiled with ``tf.function`` for batches of ``model``'s inputs, with the
-    :func:`batch_signature` of the same arguments.
+def compile_function(function: Callable[..., Any], signature: Sequence[tf.TensorSpec]) -> Any:
+    """``function`` compiled with ``tf.function`` for a fixed ``input_signature``.
 
     Each model (and each rule set of a method) gets its own compiled function by design, traced
     once thanks to the fixed signature; TensorFlow's warning about ``tf.function`` objects
     re-created in a loop, which counts traces across such functions, does not apply to them.
     """
-    signature = batch_signature(model, target=target, references=references)
-    compiled_function = tf.function(function, input_signature=signature)
+    compiled_function = tf.function(function, input_signature=list(signature))
     compiled_function._omit_frequent_tracing_warning = True
     return compiled_function
+
+
+def compile_batch_function(
+    model: keras.Model, function: Callable[..., Any], *, target: bool = True, references: int = 0
+) -> Any:
+    """``function`` compiled for batches of ``model``'s inputs, with the :func:`batch_signature`
+    of the same arguments (see :func:`compile_function`)."""
+    return compile_function(function, batch_signature(model, target=target, references=references))
 
 
 def predict_logits(model: keras.Model, x: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:

@@ -27,7 +27,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .attribution import class_indices, compiled, logit_function, resolve_reference, validate_model
+from .attribution import (
+    class_indices,
+    compile_function,
+    compiled,
+    logit_function,
+    resolve_reference,
+    validate_model,
+)
 
 __all__ = ["OBJECTIVES", "OPTIMIZERS", "Prototypes", "activation_maximization", "step_function"]
 
@@ -101,9 +108,7 @@ def step_function(model: keras.Model, objective: str, optimizer: str) -> Any:
             x_new = tf.clip_by_value(x + learning_rate * update, low, high)
             return value, x_new, m, v
 
-        function = tf.function(step, input_signature=signature)
-        function._omit_frequent_tracing_warning = True
-        return function
+        return compile_function(step, signature)
 
     return compiled(model, f"activation_maximization/{objective}/{optimizer}", build)
 
