@@ -47,6 +47,7 @@ __all__ = [
     "conv_net",
     "entry",
     "evaluate",
+    "fit_classifier",
     "gap_cnn",
     "info",
     "load",
@@ -211,7 +212,7 @@ def circle_model(radius: float = 3.0) -> keras.Model:
 
 
 # --------------------------------------------------------------------------------------------
-# The zoo
+# Training
 # --------------------------------------------------------------------------------------------
 
 
@@ -232,16 +233,80 @@ class TrainingConfig:
     n_canvases: int = 8000
 
 
+def _training_data(training: TrainingConfig) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    if training.dataset == "mnist":
+        return _data.load_mnist("train"), _data.load_mnist("test")
+    if training.dataset == "cluttered_mnist":
+        train_set = _data.cluttered_mnist(training.n_canvases, split="train", seed=training.seed)
+        test_set = _data.cluttered_mnist(training.n_canvases // 4, split="test", seed=training.seed + 1)
+        return (train_set.images, train_set.labels[:, 0]), (test_set.images, test_set.labels[:, 0])
+    raise ValueError(f"unknown training dataset {training.dataset!r}; use 'mnist' or 'cluttered_mnist'")
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
+    """Classification accuracy of ``model`` on images ``x`` with labels ``y``."""
+    from .attribution import predict_logits
+
+    predictions = predict_logits(model, x, batch_size=batch_size).argmax(axis=1)
+    y = np.asarray(y)
+    if y.shape != predictions.shape:
+        raise ValueError(f"y has shape {y.shape}, expected one label per image, shape {predictions.shape}")
+    return float((predictions == y).mean())
+
+
+def fit_classifier(model: keras.Model, training: TrainingConfig) -> dict[str, Any]:
+    """The classifiers' trainer: mini-batch Adam on the softmax cross-entropy of the logits.
+
+    Trains ``model`` in place in a compiled training step and returns its test accuracy for the
+    card. The seed (set by :func:`train` before the model is built) fixes the initial weights;
+    it also fixes the order of the batches and the dropout masks here.
+    """
+    (x_train, y_train), (x_test, y_test) = _training_data(training)
+    optimizer = keras.optimizers.Adam(training.learning_rate)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(reduce_retracing=True)
+    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(y, model(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    order = np.random.default_rng(training.seed)
+    for _ in range(training.epochs):
+        shuffled = order.permutation(len(x_train))
+        for start in range(0, len(x_train), training.batch_size):
+            batch = shuffled[start : start + training.batch_size]
+            step(tf.constant(x_train[batch]), tf.constant(y_train[batch]))
+    return {"test_accuracy": evaluate(model, x_test, y_test), "n_test": int(len(y_test))}
+
+
+# The code a trainer runs, beyond its own body; hashed into the cache key (see _cache_key).
+fit_classifier.depends_on = (_training_data, evaluate)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ZooEntry:
-    """A named architecture: how to build it, with which arguments, and how to train it."""
+    """A named model: how to build it, with which arguments, and how to train it.
+
+    ``trainer(model, training)`` trains the freshly built ``model`` in place with the settings
+    ``training`` (any dataclass; :class:`TrainingConfig` for the classifiers) and returns the
+    measurements that go on the model's card. ``accuracy_floor`` is the test accuracy a
+    classifier must reach (``None`` for a model that is not a classifier).
+    """
 
     name: str
     builder: Callable[..., keras.Model]
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-    training: TrainingConfig = TrainingConfig()
-    accuracy_floor: float = 0.9
+    training: Any = TrainingConfig()
+    accuracy_floor: float | None = 0.9
+    trainer: Callable[[keras.Model, Any], dict[str, Any]] = fit_classifier
 
     def build(self) -> keras.Model:
         return self.builder(name=self.name, **self.kwargs)
@@ -314,77 +379,45 @@ def cache_dir() -> Path:
     return Path(base) / "understanding_nn"
 
 
-def _cache_key(zoo_entry: ZooEntry, training: TrainingConfig) -> str:
+def _training_code(trainer: Callable[..., Any]) -> str:
+    """The source of ``trainer`` and of the functions it declares in ``depends_on``."""
+    return "".join(inspect.getsource(function) for function in (trainer, *getattr(trainer, "depends_on", ())))
+
+
+def _cache_key(zoo_entry: ZooEntry, training: Any) -> str:
     recipe = {
         "architecture": inspect.getsource(zoo_entry.builder),
         "arguments": repr(sorted(zoo_entry.kwargs.items())),
         "training": asdict(training),
-        "training_code": inspect.getsource(train) + inspect.getsource(_training_data),
+        "training_code": _training_code(zoo_entry.trainer) + inspect.getsource(train),
         "package": __version__,
         "keras": keras.__version__,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _training_data(training: TrainingConfig) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    if training.dataset == "mnist":
-        return _data.load_mnist("train"), _data.load_mnist("test")
-    if training.dataset == "cluttered_mnist":
-        train_set = _data.cluttered_mnist(training.n_canvases, split="train", seed=training.seed)
-        test_set = _data.cluttered_mnist(training.n_canvases // 4, split="test", seed=training.seed + 1)
-        return (train_set.images, train_set.labels[:, 0]), (test_set.images, test_set.labels[:, 0])
-    raise ValueError(f"unknown training dataset {training.dataset!r}; use 'mnist' or 'cluttered_mnist'")
-
-
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
-    """Classification accuracy of ``model`` on images ``x`` with labels ``y``."""
-    from .attribution import predict_logits
-
-    predictions = predict_logits(model, x, batch_size=batch_size).argmax(axis=1)
-    y = np.asarray(y)
-    if y.shape != predictions.shape:
-        raise ValueError(f"y has shape {y.shape}, expected one label per image, shape {predictions.shape}")
-    return float((predictions == y).mean())
-
-
-def train(name: str, training: TrainingConfig | None = None) -> tuple[keras.Model, dict[str, Any]]:
+def train(name: str, training: Any = None) -> tuple[keras.Model, dict[str, Any]]:
     """Train the zoo model ``name`` from scratch, deterministically; nothing is cached.
 
-    Mini-batch Adam on the softmax cross-entropy of the logits, in a compiled training step.
-    The seed fixes the initial weights, the order of the batches and the dropout masks, so the
-    same settings give the same weights on the same machine and library versions.
+    Seeds Keras, NumPy and TensorFlow with ``training.seed``, builds the architecture and hands
+    it to the entry's trainer (:func:`fit_classifier` for the classifiers), so the same settings
+    give the same weights on the same machine and library versions. ``training`` replaces the
+    entry's settings (of the same type) for this call.
 
-    Returns the trained model and its card (settings, test accuracy, training time).
+    Returns the trained model and its card (settings, the trainer's measurements, training time).
     """
     zoo_entry = entry(name)
     training = training or zoo_entry.training
-    (x_train, y_train), (x_test, y_test) = _training_data(training)
     keras.utils.set_random_seed(training.seed)
     model = zoo_entry.build()
-    optimizer = keras.optimizers.Adam(training.learning_rate)
-    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function(reduce_retracing=True)
-    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = cross_entropy(y, model(x, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return loss
-
-    order = np.random.default_rng(training.seed)
     started = time.perf_counter()
-    for _ in range(training.epochs):
-        shuffled = order.permutation(len(x_train))
-        for start in range(0, len(x_train), training.batch_size):
-            batch = shuffled[start : start + training.batch_size]
-            step(tf.constant(x_train[batch]), tf.constant(y_train[batch]))
+    measurements = zoo_entry.trainer(model, training)
     seconds = time.perf_counter() - started
     card = {
         "name": name,
         "description": zoo_entry.description,
         "training": asdict(training),
-        "test_accuracy": evaluate(model, x_test, y_test),
-        "n_test": int(len(y_test)),
+        **measurements,
         "train_seconds": round(seconds, 1),
         "package": __version__,
         "keras": keras.__version__,
