@@ -12,7 +12,12 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 # TensorFlow's C++ start-up notices would otherwise land in every chapter's stderr.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: book test clean
+# The site's browser tests (tests/test_site.py) drive a system Chromium: Debian's package where
+# none is installed (no browser download), or a Chrome the machine already has.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser || command -v google-chrome || echo /usr/bin/chromium)
+export CHROMIUM
+
+.PHONY: book test notebooks clean
 
 $(INSTALLED): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,11 +41,21 @@ book: $(INSTALLED)
 	echo "make book: $$(( $$(date +%s) - start )) s (exit $$status)"; \
 	exit $$status
 
-test: $(INSTALLED)
+/usr/bin/chromium:
+	@sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	packages="chromium fonts-liberation"; \
+	$$sudo apt-get install -y -q --no-install-recommends $$packages \
+		|| { $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends $$packages; }
+
+test: $(INSTALLED) $(CHROMIUM)
 	@start=$$(date +%s); \
 	$(BIN)/python -m pytest; status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s (exit $$status)"; \
 	exit $$status
+
+# Regenerate the chapters' notebooks for Colab and Binder (tests/test_notebooks.py checks them).
+notebooks: $(INSTALLED)
+	$(BIN)/python scripts/notebooks.py
 
 clean:
 	rm -rf _build

@@ -7,6 +7,9 @@ deterministic; none of them needs the network or the zoo cache.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,6 +42,34 @@ def digits(mnist_test):
     images, labels = mnist_test
     index = unn.data.one_per_class(labels)
     return images[index], labels[index]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """The whole book, built once per session the way `make book` builds it (warnings are
+    errors), with every chapter executed afresh into a temporary folder, never from the
+    execution cache. Returns the folder of the HTML site.
+
+    To run the site's tests against a site you have built already, set
+    ``UNDERSTANDING_NN_BUILT_SITE`` to its HTML folder (e.g. ``_build/html``)."""
+    prebuilt = os.environ.get("UNDERSTANDING_NN_BUILT_SITE")
+    if prebuilt:
+        assert (Path(prebuilt) / "index.html").is_file(), f"no built site in {prebuilt}"
+        return Path(prebuilt).resolve()
+    output = tmp_path_factory.mktemp("book")
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(ROOT), "--path-output", str(output),
+         "--warningiserror", "--nitpick", "--keep-going"],
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True, text=True, timeout=3600,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"the book build failed:\n{log[-6000:]}"
+    return output / "_build" / "html"
 
 
 @pytest.fixture(autouse=True)
