@@ -158,7 +158,11 @@ class Converter:
             lambda m: "<details><summary>Solution</summary>\n\n" + m[2].strip() + "\n\n</details>",
             text, flags=re.M | re.S,
         )
-        return expand_macros(text, self.macros)
+        # Code (fenced blocks and inline spans) is shown as typed, macros included.
+        pieces = re.split(r"(^`{3,}.*?^`{3,}$|`[^`\n]+`)", text, flags=re.M | re.S)
+        return "".join(
+            piece if index % 2 else expand_macros(piece, self.macros) for index, piece in enumerate(pieces)
+        )
 
 
 # --------------------------------------------------------------------------------------------
