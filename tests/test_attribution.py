@@ -266,7 +266,7 @@ def test_final_dense_squashing_is_stripped(make_dense_net, images, squashing):
     logits = attribution.predict_logits(squashed, x)
     np.testing.assert_allclose(logits, linear.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits, probabilities)
-    for method in unn.methods():
+    for method in [m for m in unn.methods() if m not in unn.cam.METHODS]:  # CAMs need convolutions
         np.testing.assert_allclose(
             unn.explain(squashed, x, method, 4), unn.explain(linear, x, method, 4), rtol=1e-5, atol=1e-8
         )

@@ -371,3 +371,16 @@ def test_max_toy_values_are_the_max():
 def test_max_toy_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="need n >= 1 and high > 0"):
         data.max_toy(**kwargs)
+
+
+def test_cluttered_mnist_fits_two_digits_on_the_default_canvas():
+    # Where the first digit leaves no room for the second, the canvas's digits are laid out again.
+    canvases = data.cluttered_mnist(200, digits_per_canvas=2, classes=np.full((200, 2), 0), split="test", seed=3)
+    assert canvases.images.shape == (200, 40, 40, 1)
+    for boxes in canvases.boxes:
+        occupied = np.zeros((40, 40), dtype=int)
+        for top, left, bottom, right in boxes:
+            occupied[top:bottom, left:right] += 1
+        assert occupied.max() == 1
+    with pytest.raises(ValueError, match="non-overlapping digits on a 40×40 canvas"):
+        data.cluttered_mnist(2, digits_per_canvas=4, seed=0, max_tries=5)

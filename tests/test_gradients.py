@@ -213,7 +213,7 @@ def test_input_gradient_is_compiled_once_per_model(relu_model, conv_model):
 
 def test_compiled_functions_do_not_keep_the_model_alive(make_dense_net, images):
     model = make_dense_net(final_activation="softmax", seed=11)
-    for method in unn.methods():
+    for method in [m for m in unn.methods() if m not in unn.cam.METHODS]:  # CAMs need convolutions
         unn.explain(model, images[:2], method, None)
     reference = weakref.ref(model)
     del model

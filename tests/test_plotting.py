@@ -261,3 +261,57 @@ def test_comparison_grid_rejects_mismatched_inputs():
         plotting.comparison_grid({"a": np.zeros((2, 4, 4))}, column_titles=["only one"])
     with pytest.raises(ValueError, match="maps is empty"):
         plotting.comparison_grid({})
+
+
+# --------------------------------------------------------------------------------------------
+# Overlays of class activation maps (Part IV)
+# --------------------------------------------------------------------------------------------
+
+
+def test_plot_overlay_draws_canvas_map_and_boxes():
+    from matplotlib.patches import Rectangle
+
+    image = np.zeros((12, 12, 1))
+    image[2:6, 3:7] = 1.0
+    relevance = np.zeros((12, 12, 1))
+    relevance[3, 4] = 2.0
+    relevance[10, 10] = 0.5
+    fig, ax = plt.subplots()
+    mappable = plotting.plot_overlay(relevance, image, np.array([[2, 3, 6, 7], [8, 8, 12, 12]]),
+                                     select=np.array([True, False]), ax=ax, title="t", label="CAM")
+    assert len(ax.images) == 2  # the canvas, then the map on top
+    rgba = ax.images[1].get_array()
+    # Opacity grows with |R|: transparent where the map is zero, most opaque at its peak.
+    assert rgba[0, 0, 3] == 0 and rgba[3, 4, 3] == pytest.approx(0.75) and 0 < rgba[10, 10, 3] < rgba[3, 4, 3]
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert [b.get_linestyle() for b in boxes] == ["-", "--"]
+    assert (boxes[0].get_width(), boxes[0].get_height()) == (4, 4)
+    assert mappable.get_clim() == (0.0, 2.0) and mappable.get_cmap().name == SEQUENTIAL
+    assert _colorbars(fig)[0].get_ylabel() == "CAM" and ax.get_title() == "t"
+
+
+def test_plot_overlay_refuses_mismatched_input():
+    with pytest.raises(ValueError, match="image has shape"):
+        plotting.plot_overlay(np.zeros((4, 4)), np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="2 boxes but 1 select"):
+        plotting.plot_overlay(np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((2, 4), int), select=np.array([True]))
+    with pytest.raises(ValueError, match="opacity"):
+        plotting.plot_overlay(np.zeros((4, 4)), np.zeros((4, 4)), opacity=0)
+
+
+def test_overlay_grid_normalizes_each_map_and_shares_one_colorbar():
+    rng = np.random.default_rng(1)
+    maps = rng.random((4, 10, 10, 1)) * np.array([1, 10, 100, 1000])[:, None, None, None]
+    images = rng.random((4, 10, 10, 1))
+    boxes = np.tile(np.array([[[1, 1, 5, 5]]]), (4, 1, 1))
+    fig = plotting.overlay_grid(maps, images, boxes, titles=list("abcd"), ncols=2, suptitle="s")
+    panels = _panels(fig)
+    assert len(panels) == 4 and [ax.get_title() for ax in panels] == list("abcd")
+    assert len(_colorbars(fig)) == 1
+    for ax in panels:  # every map is divided by its own maximum: its peak is fully opaque
+        assert ax.images[1].get_array()[..., 3].max() == pytest.approx(0.75)
+    assert "max" in _colorbars(fig)[0].get_ylabel()
+    with pytest.raises(ValueError, match="got 4 maps but 3 images"):
+        plotting.overlay_grid(maps, images[:3])
+    with pytest.raises(ValueError, match="select needs boxes"):
+        plotting.overlay_grid(maps, images, select=np.ones((4, 1), bool))

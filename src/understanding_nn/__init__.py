@@ -11,23 +11,28 @@ Modules, by idea: :mod:`~understanding_nn.data` (MNIST, cluttered MNIST, toys),
 :mod:`~understanding_nn.models` (the model zoo), :mod:`~understanding_nn.attribution` (the
 uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-based methods),
 :mod:`~understanding_nn.lrp` (layer-wise relevance propagation and deep Taylor decomposition),
-:mod:`~understanding_nn.deeplift` (DeepLIFT), :mod:`~understanding_nn.prototypes` (activation
-maximization), :mod:`~understanding_nn.metrics` (quality measures of maps) and
+:mod:`~understanding_nn.deeplift` (DeepLIFT), :mod:`~understanding_nn.cam` (class activation maps: CAM,
+Grad-CAM, Grad-CAM++), :mod:`~understanding_nn.prototypes` (activation
+maximization, with an expert or in a generator's code space), :mod:`~understanding_nn.experts`
+(density models of the digits), :mod:`~understanding_nn.generators` (a variational autoencoder), :mod:`~understanding_nn.metrics` (quality measures of maps) and
 :mod:`~understanding_nn.plotting` (heatmaps).
 """
 
 __version__ = "0.1.0"
 
-from . import attribution, data, deeplift, gradients, lrp, metrics, models, plotting, prototypes  # noqa: E402
+from . import attribution, cam, data, deeplift, experts, generators, gradients, lrp, metrics, models, plotting, prototypes  # noqa: E402
 from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
 
 __all__ = [
     "UnsupportedModelError",
     "__version__",
     "attribution",
+    "cam",
     "data",
     "deeplift",
+    "experts",
     "explain",
+    "generators",
     "gradients",
     "lrp",
     "methods",

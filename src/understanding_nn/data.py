@@ -209,7 +209,8 @@ def cluttered_mnist(
     seed
         Seed of every random choice.
     max_tries
-        Placements tried per canvas before giving up (the digits do not fit).
+        Placements tried for a digit before all the canvas's digits are laid out again, and
+        layouts tried before giving up (the digits do not fit).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -250,29 +251,63 @@ def cluttered_mnist(
             window = canvas[r : r + clutter_size, c : c + clutter_size]
             np.maximum(window, patch, out=window)
         placed: list[tuple[int, int, int, int]] = []
+        crops: list[np.ndarray] = []
         for j in range(digits_per_canvas):
             digit_class = int(classes[k, j]) if classes is not None else int(rng.integers(N_CLASSES))
             index = by_class[digit_class][rng.integers(len(by_class[digit_class]))]
             top, left, bottom, right = _ink_box(digits[index])
-            crop = digits[index, top:bottom, left:right]
-            height, width = crop.shape
-            for _ in range(max_tries):
-                r = int(rng.integers(0, size - height + 1))
-                c = int(rng.integers(0, size - width + 1))
-                box = (r, c, r + height, c + width)
-                if not _overlaps(box, placed):
-                    break
+            crops.append(digits[index, top:bottom, left:right])
+            box = _place(crops[-1].shape, placed, size, rng, max_tries)
+            if box is None:
+                # The earlier digits can sit where they leave no room (two digits on a small
+                # canvas): lay out all of this canvas's digits again.
+                layout = _layout([crop.shape for crop in crops], size, rng, max_tries)
+                if layout is None:
+                    raise ValueError(
+                        f"could not place {digits_per_canvas} non-overlapping digits on a {size}×{size} "
+                        f"canvas in {max_tries} tries; use a larger size"
+                    )
+                placed = layout
             else:
-                raise ValueError(
-                    f"could not place {digits_per_canvas} non-overlapping digits on a {size}×{size} "
-                    f"canvas in {max_tries} tries; use a larger size"
-                )
-            placed.append(box)
-            window = canvas[r : r + height, c : c + width]
-            np.maximum(window, crop, out=window)
+                placed.append(box)
             labels[k, j] = digit_class
-            boxes[k, j] = box
+        for crop, box in zip(crops, placed):
+            r, c, bottom, right = box
+            window = canvas[r:bottom, c:right]
+            np.maximum(window, crop, out=window)
+        boxes[k] = placed
     return ClutteredMNIST(images[..., None], labels, boxes)
+
+
+def _place(
+    shape: tuple[int, int], placed: list[tuple[int, int, int, int]], size: int, rng: np.random.Generator, tries: int
+) -> tuple[int, int, int, int] | None:
+    """A random box of ``shape`` on the canvas that overlaps none of ``placed``, or None."""
+    height, width = shape
+    for _ in range(tries):
+        r = int(rng.integers(0, size - height + 1))
+        c = int(rng.integers(0, size - width + 1))
+        box = (r, c, r + height, c + width)
+        if not _overlaps(box, placed):
+            return box
+    return None
+
+
+def _layout(
+    shapes: list[tuple[int, int]], size: int, rng: np.random.Generator, max_tries: int
+) -> list[tuple[int, int, int, int]] | None:
+    """Non-overlapping random boxes for all ``shapes`` at once, retried from scratch; None if
+    no layout of ``max_tries`` works."""
+    for _ in range(max_tries):
+        placed: list[tuple[int, int, int, int]] = []
+        for shape in shapes:
+            box = _place(shape, placed, size, rng, 100)
+            if box is None:
+                break
+            placed.append(box)
+        else:
+            return placed
+    return None
 
 
 # --------------------------------------------------------------------------------------------

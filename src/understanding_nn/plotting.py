@@ -8,7 +8,9 @@ one convention:
   class, blue for evidence against it, white for none;
 * **non-negative** maps (sensitivity, saliency, class activation maps) use a sequential colormap
   from white (zero) to dark;
-* every heatmap has a colorbar that says what it shows, and every panel a title.
+* every heatmap has a colorbar that says what it shows, and every panel a title;
+* a class activation map is drawn *over* its canvas (:func:`plot_overlay`), transparent where it
+  is zero so that the digits stay visible, with the digits' boxes on top.
 
 Whether a map is signed is decided from its values unless ``signed`` is given.
 """
@@ -19,11 +21,24 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.patches import Rectangle
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-__all__ = ["DIVERGING", "SEQUENTIAL", "comparison_grid", "heatmap_grid", "image_grid", "plot_heatmap", "scale"]
+__all__ = [
+    "DIVERGING",
+    "SEQUENTIAL",
+    "comparison_grid",
+    "heatmap_grid",
+    "image_grid",
+    "overlay_grid",
+    "plot_heatmap",
+    "plot_overlay",
+    "scale",
+]
 
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "Reds"
@@ -271,6 +286,151 @@ def image_grid(
         ax.set_yticks([])
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_overlay(
+    relevance: np.ndarray,
+    image: np.ndarray,
+    boxes: np.ndarray | None = None,
+    *,
+    select: np.ndarray | None = None,
+    ax: Axes | None = None,
+    signed: bool | None = None,
+    title: str | None = None,
+    colorbar: bool = True,
+    label: str = "relevance",
+    limits: tuple[float, float] | None = None,
+    opacity: float = 0.75,
+) -> ScalarMappable:
+    """Draw a map over its image (a class activation map over its canvas), with boxes on top.
+
+    The image is drawn in grey (ink dark on white, data range [0, 1]); the map on top in the
+    colormap of :func:`scale`, with an opacity that grows with :math:`|R_i|` (transparent where
+    the map is zero), so the ink shows through where the map is weak.
+
+    Parameters
+    ----------
+    relevance
+        The map, shape ``(H, W)`` or ``(H, W, C)`` (channels are summed).
+    image
+        The input it explains, same height and width.
+    boxes
+        Optional boxes ``(k, 4)`` as ``(top, left, bottom, right)``, bottom and right exclusive
+        (the boxes of :class:`~understanding_nn.data.ClutteredMNIST`).
+    select
+        Optional booleans ``(k,)``: the selected boxes (the target's digits) are drawn solid, the
+        others dashed. All boxes are solid when ``None``.
+    ax, signed, title, colorbar, label, limits
+        As in :func:`plot_heatmap`.
+    opacity
+        The opacity of the map where :math:`|R_i|` is largest, in (0, 1].
+    """
+    if not 0 < opacity <= 1:
+        raise ValueError(f"opacity must be in (0, 1], got {opacity!r}")
+    ax = ax or plt.gca()
+    relevance = _as_2d(relevance, "relevance")
+    image = _as_2d(image, "image")
+    if image.shape != relevance.shape:
+        raise ValueError(f"image has shape {image.shape} but relevance has shape {relevance.shape}")
+    cmap_name, vmin, vmax = scale(relevance, signed)
+    if limits is not None:
+        vmin, vmax = limits
+    norm = mcolors.Normalize(vmin=vmin, vmax=vmax)
+    cmap = plt.get_cmap(cmap_name)
+    rgba = cmap(norm(relevance))
+    peak = max(abs(vmin), abs(vmax)) or 1.0
+    rgba[..., 3] = opacity * np.clip(np.abs(relevance) / peak, 0.0, 1.0)
+    ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(rgba, interpolation="nearest")
+    if boxes is not None:
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        chosen = np.ones(len(boxes), dtype=bool) if select is None else np.asarray(select, dtype=bool).reshape(-1)
+        if len(chosen) != len(boxes):
+            raise ValueError(f"got {len(boxes)} boxes but {len(chosen)} select flags")
+        for (top, left, bottom, right), solid in zip(boxes, chosen):
+            ax.add_patch(Rectangle(
+                (left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                edgecolor="tab:blue" if solid else "0.4", linestyle="-" if solid else "--", linewidth=1.2,
+            ))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    mappable = ScalarMappable(norm=norm, cmap=cmap)
+    if colorbar:
+        bar = ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    return mappable
+
+
+def overlay_grid(
+    relevance: np.ndarray,
+    images: np.ndarray,
+    boxes: np.ndarray | None = None,
+    *,
+    select: np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+    ncols: int = 5,
+    signed: bool | None = None,
+    normalize: bool = True,
+    label: str | None = None,
+    suptitle: str | None = None,
+    panel_size: float = 2.0,
+) -> Figure:
+    """A grid of maps drawn over their canvases (:func:`plot_overlay`), one shared colorbar.
+
+    Parameters
+    ----------
+    relevance
+        A batch of maps ``(N, H, W)`` or ``(N, H, W, C)``.
+    images
+        The canvases they explain, same leading shape.
+    boxes, select
+        Optional boxes ``(N, k, 4)`` and which of them to draw solid ``(N, k)`` (for example the
+        digits of the explained class); see :func:`plot_overlay`.
+    titles
+        One title per panel.
+    ncols
+        Panels per row.
+    signed
+        Colormap choice as in :func:`plot_heatmap`, decided once for the batch.
+    normalize
+        ``True`` (default) divides each map by its own :math:`\\max_i |R_i|`, so the panels compare
+        shapes on one colorbar from 0 to 1; ``False`` shares the raw limits of the whole batch.
+    label, suptitle, panel_size
+        Colorbar label (by default it says whether the maps are normalized), figure title, size of
+        one panel in inches.
+    """
+    relevance = np.asarray(relevance, dtype=np.float64)
+    if len(images) != len(relevance):
+        raise ValueError(f"got {len(relevance)} maps but {len(images)} images")
+    if titles is not None and len(titles) != len(relevance):
+        raise ValueError(f"got {len(relevance)} maps but {len(titles)} titles")
+    if boxes is not None and len(boxes) != len(relevance):
+        raise ValueError(f"got {len(relevance)} maps but boxes for {len(boxes)}")
+    if select is not None and (boxes is None or len(select) != len(relevance)):
+        raise ValueError("select needs boxes and one row of flags per map")
+    if normalize:
+        peaks = np.abs(relevance).reshape(len(relevance), -1).max(axis=1)
+        relevance = relevance / np.maximum(peaks, 1e-30).reshape((-1,) + (1,) * (relevance.ndim - 1))
+    if signed is None:
+        signed = bool((relevance < 0).any())
+    limits = scale(relevance, signed)[1:]
+    if label is None:
+        label = r"$R_i \,/\, \max_i |R_i|$" if normalize else "relevance"
+    nrows = -(-len(relevance) // max(1, min(ncols, len(relevance))))
+    fig, axes = _grid(len(relevance), ncols, panel_size)
+    for i, ax in enumerate(axes):
+        mappable = plot_overlay(
+            relevance[i], images[i], None if boxes is None else boxes[i],
+            select=None if select is None else select[i], ax=ax, signed=signed,
+            title=None if titles is None else titles[i], colorbar=False, limits=limits,
+        )
+    fig.colorbar(mappable, ax=list(axes), shrink=0.8 if nrows > 1 else 0.9, label=label)
     if suptitle:
         fig.suptitle(suptitle)
     return fig

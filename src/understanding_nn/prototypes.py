@@ -1,7 +1,8 @@
-"""Prototypes: the inputs a model finds most typical of a class.
+"""Prototypes: the inputs a model finds most typical of a class (Part I of the book).
 
-Activation maximization (Montavon et al. 2018, §3.1) looks for the input that the model scores
-highest for a class :math:`\\omega_c`, kept near a reference input :math:`x_0` by a penalty:
+Activation maximization (Montavon et al. 2018, §3.1; Erhan et al. 2009) looks for the input that
+the model scores highest for a class :math:`\\omega_c`, kept near a reference input :math:`x_0` by
+a penalty:
 
 .. math:: x^\\star = \\arg\\max_x \\; S_c(x) - \\lambda \\lVert x - x_0 \\rVert^2
    \\quad\\text{or}\\quad
@@ -9,19 +10,29 @@ highest for a class :math:`\\omega_c`, kept near a reference input :math:`x_0` b
 
 With the logit :math:`S_c` and :math:`x_0 = 0` this is the *class model visualisation* of
 Simonyan, Vedaldi & Zisserman (2014), chapter 3.2 of the book; with the log-probability it is
-the prototype of chapter 1.1. (Part I will extend this module with density experts and
-activation maximization in code space.)
+the prototype of chapter 1.1. Two extensions make the prototypes look like data:
 
-The problem is solved by gradient ascent on the input, for all requested classes at once: one
-``tf.function``-compiled step updates the whole batch of prototypes, and is traced once per
-model, objective and optimizer.
+* **an expert** (§3.2, chapter 1.2): a density model :math:`p(x)` of the data (see
+  :mod:`understanding_nn.experts`) adds :math:`\\eta \\log p(x)` to the objective,
+  ``activation_maximization(..., expert=rbm, expert_weight=eta)``;
+* **code space** (§3.3, chapter 1.3; Nguyen et al. 2016): the search runs over the code
+  :math:`z` of a generator :math:`g` (see :mod:`understanding_nn.generators`),
+  :math:`\\max_z \\log p(\\omega_c \\mid g(z)) - \\lambda \\lVert z - \\bar z \\rVert^2`, and the prototype
+  is :math:`x^\\star = g(z^\\star)`: :func:`code_space_maximization`.
+
+:func:`distance_to_data` measures how natural a prototype is: its distance to the nearest
+training digit.
+
+The problem is solved by gradient ascent, for all requested classes at once: one
+``tf.function``-compiled step updates the whole batch of prototypes (or codes), and is traced
+once per model, objective, optimizer, expert and generator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import keras
 import numpy as np
@@ -36,7 +47,15 @@ from .attribution import (
     validate_model,
 )
 
-__all__ = ["OBJECTIVES", "OPTIMIZERS", "Prototypes", "activation_maximization", "step_function"]
+__all__ = [
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "Prototypes",
+    "activation_maximization",
+    "code_space_maximization",
+    "distance_to_data",
+    "step_function",
+]
 
 OBJECTIVES = ("logit", "log_probability")
 OPTIMIZERS = ("adam", "sgd")
@@ -46,10 +65,12 @@ _BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-7
 # Half-width of the uniform noise of start="noise".
 _NOISE = 0.05
 
+Classes = Union[int, Sequence[int], np.ndarray]
+
 
 @dataclass(frozen=True)
 class Prototypes:
-    """The result of :func:`activation_maximization`.
+    """The result of :func:`activation_maximization` and :func:`code_space_maximization`.
 
     Attributes
     ----------
@@ -61,42 +82,60 @@ class Prototypes:
     objective_trace
         The objective of each prototype at each step, float64, shape ``(steps + 1, N)``: row 0 is
         the starting point, row ``t`` the value after ``t`` updates.
+    codes
+        In code space, the codes :math:`z^\\star` with :math:`x^\\star = g(z^\\star)`, float32,
+        shape ``(N, code_size)``; ``None`` for activation maximization in input space.
     """
 
     inputs: np.ndarray
     classes: np.ndarray
     objective_trace: np.ndarray
+    codes: Optional[np.ndarray] = None
 
 
-def step_function(model: keras.Model, objective: str, optimizer: str) -> Any:
+def step_function(
+    model: keras.Model,
+    objective: str,
+    optimizer: str,
+    *,
+    expert: Any = None,
+    generator: Optional[keras.Model] = None,
+) -> Any:
     """The compiled ascent step of ``model`` for ``objective`` and ``optimizer``, built once.
 
-    ``step(x, m, v, t, reference, classes, l2, learning_rate, low, high)`` returns
-    ``(objective_value, x_new, m_new, v_new)``: the objective of every row of ``x`` (before the
-    update) and the state after one update projected into ``[low, high]``. Its input signature has
-    an open batch size, so it is traced once per model, whatever the number of classes.
+    ``step(u, m, v, t, reference, classes, l2, learning_rate, low, high, expert_weight)`` returns
+    ``(objective_value, u_new, m_new, v_new)``: the objective of every row of ``u`` (before the
+    update) and the state after one update projected into ``[low, high]``. ``u`` is the input
+    :math:`x`, or the code :math:`z` when a ``generator`` maps it to :math:`x = g(z)`; with an
+    ``expert``, :math:`\\eta \\log p(x)` (``expert_weight`` times ``expert.log_density(x)``) is
+    added to the objective. The input signature has an open batch size, so the step is traced
+    once per model, objective, optimizer, expert and generator, whatever the number of classes.
     """
     _check_choice("objective", objective, OBJECTIVES)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     logits = logit_function(model)
+    variable_shape = tuple(generator.inputs[0].shape[1:]) if generator is not None else tuple(model.inputs[0].shape[1:])
 
     def build() -> Any:
-        x_spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+        u_spec = tf.TensorSpec((None, *variable_shape), tf.float32)
         scalar = tf.TensorSpec((), tf.float32)
-        signature = [x_spec, x_spec, x_spec, scalar, x_spec, tf.TensorSpec((None,), tf.int32),
-                     scalar, scalar, scalar, scalar]
+        signature = [u_spec, u_spec, u_spec, scalar, u_spec, tf.TensorSpec((None,), tf.int32),
+                     scalar, scalar, scalar, scalar, scalar]
 
-        def step(x, m, v, t, reference, classes, l2, learning_rate, low, high):
-            axes = list(range(1, len(x_spec.shape)))
+        def step(u, m, v, t, reference, classes, l2, learning_rate, low, high, expert_weight):
+            axes = list(range(1, len(u_spec.shape)))
             with tf.GradientTape() as tape:
-                tape.watch(x)
+                tape.watch(u)
+                x = generator(u, training=False) if generator is not None else u
                 scores = logits(x)
                 if objective == "log_probability":
                     scores = tf.nn.log_softmax(scores, axis=1)
                 value = tf.gather(scores, classes, axis=1, batch_dims=1)
-                value -= l2 * tf.reduce_sum(tf.square(x - reference), axis=axes)
+                value -= l2 * tf.reduce_sum(tf.square(u - reference), axis=axes)
+                if expert is not None:
+                    value += expert_weight * expert.log_density(x)
             # Rows are independent, so the gradient of the sum is each row's own gradient.
-            g = tape.gradient(value, x)
+            g = tape.gradient(value, u)
             if optimizer == "adam":
                 m = _BETA_1 * m + (1.0 - _BETA_1) * g
                 v = _BETA_2 * v + (1.0 - _BETA_2) * tf.square(g)
@@ -105,17 +144,23 @@ def step_function(model: keras.Model, objective: str, optimizer: str) -> Any:
                 update = m_hat / (tf.sqrt(v_hat) + _EPSILON)
             else:
                 update = g
-            x_new = tf.clip_by_value(x + learning_rate * update, low, high)
-            return value, x_new, m, v
+            u_new = tf.clip_by_value(u + learning_rate * update, low, high)
+            return value, u_new, m, v
 
         return compile_function(step, signature)
 
-    return compiled(model, f"activation_maximization/{objective}/{optimizer}", build)
+    # The step holds the expert and the generator, so their ids stay theirs while it is cached.
+    key = f"activation_maximization/{objective}/{optimizer}"
+    if expert is not None:
+        key += f"/expert={id(expert)}"
+    if generator is not None:
+        key += f"/generator={id(generator)}"
+    return compiled(model, key, build)
 
 
 def activation_maximization(
     model: keras.Model,
-    classes: Union[int, Sequence[int], np.ndarray],
+    classes: Classes,
     *,
     objective: str = "logit",
     l2: float = 0.1,
@@ -126,6 +171,8 @@ def activation_maximization(
     learning_rate: float = 0.05,
     optimizer: str = "adam",
     seed: int = 0,
+    expert: Any = None,
+    expert_weight: float = 1.0,
 ) -> Prototypes:
     """Find, for each class, the input the model finds most typical of it (activation maximization).
 
@@ -139,9 +186,14 @@ def activation_maximization(
               \\quad (\\text{objective="log_probability"}),
 
     where :math:`S(x)` are the model's logits (a final softmax is stripped), :math:`\\lambda` is
-    ``l2`` and :math:`x_0` is ``reference``. With ``box=(low, high)``, each step is followed by
-    a projection (clipping) of :math:`x` into the box, so the result stays in the data domain.
-    All classes are optimised together, as one batch, by a single compiled step.
+    ``l2`` and :math:`x_0` is ``reference``. With an ``expert`` (a density model of the data,
+    Montavon et al. 2018, §3.2) the objective gains the term :math:`\\eta \\log p(x)`,
+
+    .. math:: J_c(x) = \\log p(\\omega_c \\mid x) + \\eta \\log p(x) - \\lambda \\lVert x - x_0 \\rVert^2 ,
+
+    with :math:`\\eta` = ``expert_weight``. With ``box=(low, high)``, each step is followed by a
+    projection (clipping) of :math:`x` into the box, so the result stays in the data domain. All
+    classes are optimised together, as one batch, by a single compiled step.
 
     Parameters
     ----------
@@ -171,6 +223,12 @@ def activation_maximization(
         ``"sgd"`` (plain gradient ascent, :math:`x \\leftarrow x + \\eta \\nabla J_c(x)`).
     seed
         Seed of the noise of ``start="noise"``.
+    expert
+        ``None``, or a density model with a differentiable ``log_density(x)`` returning
+        :math:`\\log p(x)` (up to a constant) for a batch, such as
+        :class:`understanding_nn.experts.GaussianRBM`.
+    expert_weight
+        :math:`\\eta \\ge 0`, the weight of the expert's log-density.
 
     Returns
     -------
@@ -186,13 +244,194 @@ def activation_maximization(
     ((10, 28, 28, 1), (501, 10))
     """
     validate_model(model)
-    _check_choice("objective", objective, OBJECTIVES)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    settings = _settings(model, classes, objective, optimizer, l2, learning_rate, steps, expert, expert_weight)
     input_shape = tuple(model.inputs[0].shape[1:])
     if any(size is None for size in input_shape):
         raise ValueError(f"activation maximization needs a fixed input shape, model has {input_shape}")
-    n_classes = int(model.outputs[0].shape[-1])
+    classes = settings["classes"]
+    low, high = _box(box)
+    shape = (len(classes), *input_shape)
+    x0 = _reference(reference, shape)
+    x_start = _start(start, x0, lambda: np.random.default_rng(seed).uniform(-_NOISE, _NOISE, size=shape))
+    x_start = np.clip(x_start, low, high).astype(np.float32)
 
+    step = step_function(model, objective, optimizer, expert=expert)
+    x, trace = _ascend(step, x_start, x0, low, high, **settings)
+    return Prototypes(inputs=x, classes=classes, objective_trace=trace)
+
+
+def code_space_maximization(
+    model: keras.Model,
+    generator: keras.Model,
+    classes: Classes,
+    *,
+    objective: str = "log_probability",
+    l2: float = 0.5,
+    reference: Any = None,
+    start: Any = None,
+    steps: int = 500,
+    learning_rate: float = 0.05,
+    optimizer: str = "adam",
+    seed: int = 0,
+    expert: Any = None,
+    expert_weight: float = 1.0,
+) -> Prototypes:
+    """Activation maximization in the code space of a generator (Montavon et al. 2018, §3.3).
+
+    For each requested class :math:`c`, gradient ascent on the code :math:`z` maximises
+
+    .. math:: J_c(z) = \\log p(\\omega_c \\mid g(z)) - \\lambda \\lVert z - \\bar z \\rVert^2
+              \\quad\\text{and returns}\\quad x^\\star = g(z^\\star),
+
+    (or the logit :math:`S_c(g(z))` with ``objective="logit"``; plus :math:`\\eta \\log p(g(z))`
+    with an ``expert``). When the generator was trained with the prior :math:`q(z) = \\mathcal{N}(0, I)`
+    (as :class:`understanding_nn.generators.VAE`), :math:`\\bar z = 0` and :math:`\\lambda = 1/2`
+    make the penalty exactly :math:`\\log q(z)` up to a constant: :math:`z^\\star` is then the
+    code most probable under the prior and the classifier together.
+
+    Parameters
+    ----------
+    model
+        The classifier (as in :func:`activation_maximization`).
+    generator
+        A built Keras model mapping codes, shape ``(N, code_size)``, to inputs of ``model``, shape
+        ``(N, *input_shape)``, such as ``vae.decoder``.
+    classes
+        A class index, or a sequence of class indices; one prototype each.
+    objective
+        ``"log_probability"`` (default, as in the paper) or ``"logit"``.
+    l2
+        The prior's weight :math:`\\lambda \\ge 0`.
+    reference
+        :math:`\\bar z`: ``None`` for zeros, one code (used for every class) or one code per class,
+        shape ``(N, code_size)``, for example the mean code of the class's training digits.
+    start
+        The initial code: ``None`` for the reference, ``"noise"`` for the reference plus a draw
+        from :math:`\\mathcal{N}(0, I)` with ``seed``, or an array of codes.
+    steps, learning_rate, optimizer, seed, expert, expert_weight
+        As in :func:`activation_maximization`.
+
+    Returns
+    -------
+    Prototypes
+        ``inputs`` (:math:`g(z^\\star)`), ``classes``, ``objective_trace`` and ``codes`` (:math:`z^\\star`).
+    """
+    validate_model(model)
+    if not isinstance(generator, keras.Model):
+        raise TypeError(f"generator must be a Keras 3 model mapping codes to inputs, got {type(generator).__name__}")
+    code_shape = tuple(generator.inputs[0].shape[1:])
+    output_shape = tuple(generator.outputs[0].shape[1:])
+    input_shape = tuple(model.inputs[0].shape[1:])
+    if output_shape != input_shape:
+        raise ValueError(
+            f"generator {generator.name!r} outputs shape {output_shape}, but model {model.name!r} "
+            f"takes inputs of shape {input_shape}"
+        )
+    settings = _settings(model, classes, objective, optimizer, l2, learning_rate, steps, expert, expert_weight)
+    classes = settings["classes"]
+    shape = (len(classes), *code_shape)
+    z0 = _reference(reference, shape)
+    z_start = _start(start, z0, lambda: np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+    step = step_function(model, objective, optimizer, expert=expert, generator=generator)
+    z, trace = _ascend(step, z_start, z0, -np.inf, np.inf, **settings)
+    x = keras.ops.convert_to_numpy(generator(tf.constant(z), training=False)).astype(np.float32)
+    return Prototypes(inputs=x, classes=classes, objective_trace=trace, codes=z)
+
+
+def distance_to_data(
+    prototypes: Any, data: Any, *, metric: str = "euclidean", labels: Any = None, classes: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """How far each prototype is from the data: its distance to the nearest data point.
+
+    .. math:: d(x^\\star) = \\min_n \\lVert x^\\star - x_n \\rVert_2
+              \\quad\\text{or}\\quad
+              d(x^\\star) = \\min_n \\bigl(1 - \\rho(x^\\star, x_n)\\bigr),
+
+    with ``metric="euclidean"`` or ``metric="correlation"`` (:math:`\\rho` is the Pearson
+    correlation of the pixels). A prototype that looks like a real digit has a real digit close
+    to it; a prototype made of patterns no digit has is far from all of them. The correlation
+    ignores the contrast, so a faint prototype is not rewarded for being close to the black
+    image. With ``labels`` (one per data point) and ``classes`` (one per prototype), the search
+    is restricted to the data of the prototype's class.
+
+    Returns
+    -------
+    distances, indices
+        float64 distances and the int64 index of the nearest data point, each shape ``(N,)``.
+    """
+    _check_choice("metric", metric, ("euclidean", "correlation"))
+    prototypes = _as_matrix("prototypes", prototypes)
+    data = _as_matrix("data", data)
+    if prototypes.shape[1] != data.shape[1]:
+        raise ValueError(
+            f"prototypes have {prototypes.shape[1]} features but data has {data.shape[1]}; they must match"
+        )
+    if metric == "euclidean":
+        distance = np.sqrt(np.maximum(
+            (prototypes**2).sum(axis=1)[:, None] - 2.0 * prototypes @ data.T + (data**2).sum(axis=1)[None, :], 0.0
+        ))
+    else:
+        def standardised(rows: np.ndarray) -> np.ndarray:
+            centred = rows - rows.mean(axis=1, keepdims=True)
+            # A constant image has no defined correlation; it gets correlation 0 with everything.
+            return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+
+        distance = 1.0 - standardised(prototypes) @ standardised(data).T
+    if (labels is None) != (classes is None):
+        raise ValueError("give both labels (one per data point) and classes (one per prototype), or neither")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        classes = np.asarray(classes).reshape(-1)
+        if labels.shape != (len(data),) or classes.shape != (len(prototypes),):
+            raise ValueError(
+                f"labels must have shape ({len(data)},) and classes ({len(prototypes)},), "
+                f"got {labels.shape} and {classes.shape}"
+            )
+        other_class = classes[:, None] != labels[None, :]
+        if other_class.all(axis=1).any():
+            raise ValueError("a prototype's class has no data point among the labels")
+        distance = np.where(other_class, np.inf, distance)
+    indices = distance.argmin(axis=1)
+    return distance[np.arange(len(prototypes)), indices].astype(np.float64), indices.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# The ascent
+# --------------------------------------------------------------------------------------------
+
+
+def _ascend(
+    step: Any, u_start: np.ndarray, u0: np.ndarray, low: float, high: float, *, classes: np.ndarray,
+    l2: float, learning_rate: float, steps: int, expert_weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``steps`` compiled ascent steps from ``u_start``; the final variable and the trace."""
+    u = tf.constant(u_start)
+    m = tf.zeros_like(u)
+    v = tf.zeros_like(u)
+    constants = (
+        tf.constant(u0), tf.constant(classes), tf.constant(l2, tf.float32),
+        tf.constant(learning_rate, tf.float32), tf.constant(low, tf.float32), tf.constant(high, tf.float32),
+        tf.constant(expert_weight, tf.float32),
+    )
+    trace = np.empty((steps + 1, len(classes)), np.float64)
+    for t in range(1, steps + 1):
+        value, u, m, v = step(u, m, v, tf.constant(float(t)), *constants)
+        trace[t - 1] = value.numpy()
+    # One more call evaluates the final variable (its update is discarded).
+    value, _, _, _ = step(u, m, v, tf.constant(float(steps + 1)), *constants)
+    trace[steps] = value.numpy()
+    return u.numpy().astype(np.float32), trace
+
+
+def _settings(
+    model: keras.Model, classes: Classes, objective: str, optimizer: str, l2: Any, learning_rate: Any,
+    steps: Any, expert: Any, expert_weight: Any,
+) -> dict[str, Any]:
+    """Check the arguments shared by both searches; the values :func:`_ascend` needs."""
+    _check_choice("objective", objective, OBJECTIVES)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    n_classes = int(model.outputs[0].shape[-1])
     if isinstance(classes, range):
         classes = list(classes)
     if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
@@ -213,43 +452,41 @@ def activation_maximization(
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer of at least 1, got {steps!r}")
-    low, high = _box(box)
+    expert_weight = _number("expert_weight", expert_weight)
+    if expert_weight < 0:
+        raise ValueError(f"expert_weight (the expert's weight η) must be non-negative, got {expert_weight}")
+    if expert is not None and not callable(getattr(expert, "log_density", None)):
+        raise TypeError(f"expert must have a log_density(x) method (a density model), got {type(expert).__name__}")
+    return {"classes": classes, "l2": l2, "learning_rate": learning_rate, "steps": int(steps),
+            "expert_weight": expert_weight}
 
-    shape = (n, *input_shape)
+
+def _reference(reference: Any, shape: tuple[int, ...]) -> np.ndarray:
     zeros = np.zeros(shape, np.float32)
     if reference is None:
-        x0 = zeros
-    elif isinstance(reference, str):
+        return zeros
+    if isinstance(reference, str):
         raise TypeError(f"reference must be None or an array, got the string {reference!r}")
-    else:
-        x0 = _inputs("reference", reference, zeros)
+    return _inputs("reference", reference, zeros)
+
+
+def _start(start: Any, u0: np.ndarray, noise: Any) -> np.ndarray:
     if start is None:
-        x_start = x0.copy()
-    elif isinstance(start, str):
+        return u0.copy()
+    if isinstance(start, str):
         if start != "noise":
             raise ValueError(f"start must be None, 'noise' or an array, got {start!r}")
-        noise = np.random.default_rng(seed).uniform(-_NOISE, _NOISE, size=shape)
-        x_start = (x0 + noise).astype(np.float32)
-    else:
-        x_start = _inputs("start", start, zeros)
-    x_start = np.clip(x_start, low, high).astype(np.float32)
+        return (u0 + noise()).astype(np.float32)
+    return _inputs("start", start, np.zeros_like(u0))
 
-    step = step_function(model, objective, optimizer)
-    x = tf.constant(x_start)
-    m = tf.zeros_like(x)
-    v = tf.zeros_like(x)
-    constants = (
-        tf.constant(x0), tf.constant(classes), tf.constant(l2, tf.float32),
-        tf.constant(learning_rate, tf.float32), tf.constant(low, tf.float32), tf.constant(high, tf.float32),
-    )
-    trace = np.empty((steps + 1, n), np.float64)
-    for t in range(1, steps + 1):
-        value, x, m, v = step(x, m, v, tf.constant(float(t)), *constants)
-        trace[t - 1] = value.numpy()
-    # One more call evaluates the final prototypes (its update is discarded).
-    value, _, _, _ = step(x, m, v, tf.constant(float(steps + 1)), *constants)
-    trace[steps] = value.numpy()
-    return Prototypes(inputs=x.numpy().astype(np.float32), classes=classes, objective_trace=trace)
+
+def _as_matrix(name: str, value: Any) -> np.ndarray:
+    value = np.asarray(value.numpy() if isinstance(value, tf.Tensor) else value)
+    if value.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be numeric, got dtype {value.dtype}")
+    if value.ndim < 2 or len(value) == 0:
+        raise ValueError(f"{name} must be a non-empty batch, shape (N, ...), got shape {value.shape}")
+    return value.reshape(len(value), -1).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------
