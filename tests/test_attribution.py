@@ -406,3 +406,17 @@ def test_numpy_integer_batch_size_is_accepted(relu_model, images):
         rtol=1e-5,
         atol=1e-8,
     )
+
+
+def test_predict_probabilities_is_the_softmax_of_the_logits(relu_model, images):
+    logits = attribution.predict_logits(relu_model, images)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probabilities = attribution.predict_probabilities(relu_model, images)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    targets = np.arange(len(images)) % 10
+    np.testing.assert_allclose(
+        attribution.predict_probabilities(relu_model, images, targets), expected[np.arange(len(images)), targets], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="target"):
+        attribution.predict_probabilities(relu_model, images, 10)

@@ -44,6 +44,7 @@ __all__ = [
     "logit_function",
     "methods",
     "predict_logits",
+    "predict_probabilities",
     "register",
     "resolve_reference",
     "resolve_target",
@@ -354,6 +355,22 @@ def predict_logits(model: keras.Model, x: Any, batch_size: int = DEFAULT_BATCH_S
     forward = compiled(model, "forward", lambda: compile_batch_function(model, logits, target=False))
     parts = [forward(tf.constant(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return np.concatenate([p.numpy() for p in parts], axis=0)
+
+
+def predict_probabilities(
+    model: keras.Model, x: Any, target: Target = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """The class probabilities :math:`p(\\omega_c \\mid x)`, the softmax of the logits.
+
+    With ``target=None``, all of them, shape ``(N, n_classes)``; with a target (an int, or one
+    class per sample), the probability of that class for each sample, shape ``(N,)``.
+    """
+    logits = predict_logits(model, x, batch_size)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    if target is None:
+        return probabilities
+    return probabilities[np.arange(len(logits)), class_indices(target, len(logits), logits.shape[1])]
 
 
 def run_batched(
