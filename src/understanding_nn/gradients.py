@@ -334,6 +334,9 @@ def smoothgrad(
               \\qquad \\varepsilon_k \\sim \\mathcal{N}(0, I), \\quad
               \\sigma_x = \\sigma \\, (\\max_i x_i - \\min_i x_i) .
 
+    The target is resolved once on the noise-free inputs, so every noisy copy explains the same
+    class.
+
     Parameters
     ----------
     base_method
@@ -347,9 +350,6 @@ def smoothgrad(
     seed
         Seed of the noise. The same :math:`n` noise patterns are used for every input, so an
         input's explanation does not depend on the batch it comes in.
-
-    The target is resolved once on the noise-free inputs, so every noisy copy explains the same
-    class.
     """
     from .attribution import explain  # the registry's entry point, for any base method
 

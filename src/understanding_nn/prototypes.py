@@ -357,8 +357,9 @@ def distance_to_data(
 
     Returns
     -------
-    distances, indices
-        float64 distances and the int64 index of the nearest data point, each shape ``(N,)``.
+    tuple of numpy.ndarray
+        ``(distances, indices)``: float64 distances and the int64 index of the nearest data
+        point, each shape ``(N,)``.
     """
     _check_choice("metric", metric, ("euclidean", "correlation"))
     prototypes = _as_matrix("prototypes", prototypes)
