@@ -127,7 +127,12 @@ class Converter:
             lambda m: f"$$\n{m[1]}\n\\tag{{{self.equations[m[2]]}}}\n$$",
             text, flags=re.M | re.S,
         )
-        text = re.sub(r"\{eq\}`([\w-]+)`", lambda m: f"({self.equations[m[1]]})", text)
+        # An equation reference links to the numbered equation in the published chapter.
+        text = re.sub(
+            r"\{eq\}`([\w-]+)`",
+            lambda m: f"[({self.equations[m[1]]})]({self.link('equation-' + m[1])})",
+            text,
+        )
         text = re.sub(
             r"\{cite\}`([^`]+)`",
             lambda m: "(" + "; ".join(

@@ -91,7 +91,8 @@ def test_equations_are_numbered_and_references_resolved_in_order() -> None:
     )
     assert re.findall(r"\\tag\{(\d+)\}", text) == [str(n) for n in range(1, len(labels) + 1)]
     first_reference = re.search(r"\{eq\}`([\w-]+)`", source)[1]
-    assert f"({labels.index(first_reference) + 1})" in text
+    assert f"[({labels.index(first_reference) + 1})](" in text
+    assert f"book/02-explaining/lrp.html#equation-{first_reference})" in text
 
 
 @pytest.mark.parametrize(

@@ -80,8 +80,8 @@ async () => {
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # the test reports what matters
-        pass
+    def log_message(self, *args) -> None:
+        """Keep the server quiet: the tests report what matters."""
 
 
 @pytest.fixture(scope="module")
