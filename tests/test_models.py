@@ -23,6 +23,7 @@ ZOO = [
     "cnn_batchnorm",
     "cnn_stride2",
     "allconv",
+    "cnn_gap",
     "gap_cnn",
     "cnn_cluttered",
 ]

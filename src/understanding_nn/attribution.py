@@ -423,14 +423,14 @@ def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def resolve_reference(
-    x: np.ndarray, reference: Any, *, blur_sigma: float = 3.0, seed: int = 0
+    x: np.ndarray, reference: Any, *, blur_sigma: float = 3.0, seed: int = 0, name: str = "reference"
 ) -> np.ndarray:
     """The reference (baseline) input of every sample of the validated batch ``x``, shape ``x.shape``.
 
     ``reference`` is ``"zeros"`` (a black image), ``"blur"`` (each input blurred with a Gaussian
     of ``blur_sigma`` pixels), ``"uniform"`` (uniform noise on the data range [0, 1], drawn
     with ``seed``), or an array: one input (for example the mean training image, broadcast to
-    every sample) or one reference per sample.
+    every sample) or one reference per sample. ``name`` is what error messages call it.
     """
     if isinstance(reference, str):
         if reference == "zeros":
@@ -439,19 +439,19 @@ def resolve_reference(
             return gaussian_blur(x, blur_sigma)
         if reference == "uniform":
             return np.random.default_rng(seed).uniform(0.0, 1.0, size=x.shape).astype(np.float32)
-        raise ValueError(f"reference must be 'zeros', 'blur', 'uniform' or an array, got {reference!r}")
+        raise ValueError(f"{name} must be 'zeros', 'blur', 'uniform' or an array, got {reference!r}")
     reference = np.asarray(reference.numpy() if isinstance(reference, tf.Tensor) else reference)
     if reference.dtype.kind not in "fiu":
-        raise TypeError(f"reference must be numeric, got dtype {reference.dtype}")
+        raise TypeError(f"{name} must be numeric, got dtype {reference.dtype}")
     if reference.shape == x.shape[1:]:
         reference = np.broadcast_to(reference, x.shape)
     if reference.shape != x.shape:
         raise ValueError(
-            f"reference has shape {reference.shape}; it must be one input of shape {x.shape[1:]} "
+            f"{name} has shape {reference.shape}; it must be one input of shape {x.shape[1:]} "
             f"or one per sample, shape {x.shape}"
         )
     if not np.isfinite(reference).all():
-        raise ValueError("reference contains NaN or infinite values")
+        raise ValueError(f"{name} contains NaN or infinite values")
     return reference.astype(np.float32)
 
 
