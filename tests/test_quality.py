@@ -1111,3 +1111,30 @@ def test_docstring_math_is_not_mangled_by_string_escapes(name):
     assert doc and name in metrics.__all__
     mangled = sorted({hex(ord(c)) for c in doc if c in "\a\b\f\v\t"})
     assert not mangled, f"{name}'s docstring holds control characters {mangled} (a backslash escape in a non-raw string)"
+
+
+# --------------------------------------------------------------------------------------------
+# The verdict of the cascading test
+# --------------------------------------------------------------------------------------------
+
+
+def _randomization(stages):
+    """A Randomization whose stages are the given maps (the first one is the trained model's)."""
+    stages = np.asarray(stages, dtype=np.float64)
+    return metrics.Randomization([f"layer{k}" for k in range(1, len(stages))], stages, np.zeros(stages.shape[1], int))
+
+
+def test_a_method_whose_maps_never_change_fails_and_one_whose_maps_change_passes():
+    rng = np.random.default_rng(5)
+    trained = rng.normal(size=(20, 10, 10))
+    unchanged = _randomization([trained, trained, trained])
+    changed = _randomization([trained, rng.normal(size=trained.shape), rng.normal(size=trained.shape)])
+    assert unchanged.still_similar(1) and unchanged.still_similar(2) and unchanged.fails()
+    assert not changed.still_similar(1) and not changed.still_similar(2) and not changed.fails()
+    # Only the top layer left unchanged still fails (stage 1), only the last stage too.
+    assert _randomization([trained, trained, rng.normal(size=trained.shape)]).fails()
+    assert _randomization([trained, rng.normal(size=trained.shape), trained]).fails()
+    np.testing.assert_allclose(unchanged.similarity("ssim", 2), np.ones(20))
+    np.testing.assert_array_equal(changed.similarity("spearman", 1), changed.similarity("spearman")[1])
+    with pytest.raises(ValueError, match="stage must be between 0 and 2"):
+        changed.similarity("ssim", 3)

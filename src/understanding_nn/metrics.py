@@ -353,7 +353,7 @@ def _imputer(spatial: tuple[int, ...]) -> Any:
             return removed * (degree * v - _neighbour_sum(removed * v, spatial))
 
         b = removed * _neighbour_sum((1 - removed) * x, spatial)
-        tolerance = 1e-12 * tf.maximum(dot(b, b), 1e-30)
+        tolerance = 1e-8 * tf.maximum(dot(b, b), 1e-30)
 
         def not_done(i, v, r, p, rr):
             return tf.logical_and(i < size, tf.reduce_any(rr > tolerance))
@@ -901,11 +901,32 @@ class Randomization:
     relevance: np.ndarray
     target: np.ndarray
 
-    def similarity(self, measure: str = "spearman_abs") -> np.ndarray:
+    def similarity(self, measure: str = "spearman_abs", stage: int | None = None) -> np.ndarray:
         """The similarity of every stage's explanations to the trained model's, shape
-        ``(len(layers) + 1, N)``; ``measure`` is a key of :data:`SIMILARITIES`."""
+        ``(len(layers) + 1, N)``, or of one ``stage``'s, shape ``(N,)``; ``measure`` is a key of
+        :data:`SIMILARITIES`."""
         function = _similarity(measure)
-        return np.stack([function(self.relevance[0], stage) for stage in self.relevance])
+        if stage is not None:
+            if not 0 <= stage <= len(self.layers):
+                raise ValueError(f"stage must be between 0 and {len(self.layers)} (layers randomised), got {stage}")
+            return function(self.relevance[0], self.relevance[stage])
+        return np.stack([function(self.relevance[0], maps) for maps in self.relevance])
+
+    def still_similar(self, stage: int, threshold: float = 0.5, *, seed: int = 0) -> bool:
+        """Whether the maps after ``stage`` layers are randomised are still clearly similar to
+        the trained model's: the lower ends of the 95 % bootstrap intervals
+        (:func:`bootstrap_interval`, ``seed``) of the mean SSIM *and* of the mean Spearman
+        correlation of :math:`|R|` both lie above ``threshold``."""
+        return all(
+            bootstrap_interval(self.similarity(measure, stage), seed=seed).low > threshold
+            for measure in ("ssim", "spearman_abs")
+        )
+
+    def fails(self, threshold: float = 0.5, *, seed: int = 0) -> bool:
+        """The verdict of chapter 5.3: a method fails the cascading test when its maps are
+        still similar (:meth:`still_similar`) after the top layer alone is randomised, or after
+        every layer is. Needs at least two explained inputs (for the intervals)."""
+        return self.still_similar(1, threshold, seed=seed) or self.still_similar(len(self.layers), threshold, seed=seed)
 
 
 def cascading_randomization(
@@ -1043,8 +1064,9 @@ SIMILARITIES: dict[str, Any] = {
     "spearman_abs": lambda a, b: rank_correlation(a, b, absolute=True),
     "ssim": structural_similarity,
 }
-"""The similarity measures of the sanity checks, by name: Spearman rank correlation of the
-signed maps and of their absolute values, and SSIM of the absolute maps."""
+"""The similarity measures of the sanity checks, by name. ``"spearman"`` and ``"spearman_abs"``
+are Spearman's rank correlation of the signed maps and of their absolute values, ``"ssim"`` the
+structural similarity of the absolute maps."""
 
 
 def _similarity(measure: str) -> Any:
