@@ -9,9 +9,7 @@ same batch (one forward and one backward pass). Targets are the predicted classe
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,27 +18,17 @@ import numpy as np  # noqa: E402
 import understanding_nn as unn  # noqa: E402
 
 
-def median_seconds(call, repeats: int = 5) -> float:
-    call()  # warm-up: traces the compiled function
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def main(model_name: str = "cnn", batch: int = 256) -> None:
     x, _ = unn.data.load_mnist("test")
     x = x[:batch]
     model = unn.models.load(model_name)
     target = unn.attribution.predict_logits(model, x).argmax(axis=1)
-    baseline = median_seconds(lambda: unn.explain(model, x, "gradient", target, batch_size=batch))
+    baseline = unn.metrics.median_seconds(lambda: unn.explain(model, x, "gradient", target, batch_size=batch), repeats=5)
     print(f"model {model_name!r}, batch of {len(x)}: one gradient takes {baseline * 1000:.1f} ms")
     print(f"{'method':22s} {'ms':>8s} {'× gradient':>11s}")
     for method in unn.methods():
         try:
-            seconds = median_seconds(lambda: unn.explain(model, x, method, target, batch_size=batch))
+            seconds = unn.metrics.median_seconds(lambda: unn.explain(model, x, method, target, batch_size=batch), repeats=5)
         except unn.UnsupportedModelError as error:  # e.g. CAM on a model without a GAP head
             print(f"{method:22s} {'not applicable':>20s}: {error}")
             continue

@@ -12,25 +12,13 @@ after a warm-up call.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
 import understanding_nn as unn  # noqa: E402
-
-
-def median_seconds(call, repeats: int = 3) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main(model_name: str = "cnn_gap", digits: int = 1000) -> None:
@@ -42,12 +30,12 @@ def main(model_name: str = "cnn_gap", digits: int = 1000) -> None:
     steps = (x.shape[1] // 4) * (x.shape[2] // 4) + 1
     perturbed = np.repeat(x, steps, axis=0)  # as many inputs as pixel flipping sends through the model
     batch = 1024
-    forward = median_seconds(lambda: unn.attribution.predict_logits(model, perturbed, batch_size=batch))
+    forward = unn.metrics.median_seconds(lambda: unn.attribution.predict_logits(model, perturbed, batch_size=batch))
     print(f"model {model_name!r}, {digits} digits × {steps} steps = {len(perturbed):,} forward passes: "
           f"{forward:.2f} s ({len(perturbed) / forward:,.0f} inputs/s)")
     print(f"{'fill':10s} {'seconds':>8s} {'× forward passes':>17s}")
     for fill in unn.metrics.FILLS:
-        seconds = median_seconds(
+        seconds = unn.metrics.median_seconds(
             lambda: unn.metrics.pixel_flipping(model, x, relevance, target, fill=fill, batch_size=batch), repeats=1 if fill == "impute" else 3
         )
         print(f"{fill:10s} {seconds:8.2f} {seconds / forward:17.2f}")

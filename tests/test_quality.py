@@ -1138,3 +1138,25 @@ def test_a_method_whose_maps_never_change_fails_and_one_whose_maps_change_passes
     np.testing.assert_array_equal(changed.similarity("spearman", 1), changed.similarity("spearman")[1])
     with pytest.raises(ValueError, match="stage must be between 0 and 2"):
         changed.similarity("ssim", 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Costs
+# --------------------------------------------------------------------------------------------
+
+
+def test_median_seconds_times_the_call_after_a_warm_up():
+    calls = []
+    def call():
+        calls.append(None)
+    assert metrics.median_seconds(call, repeats=3) >= 0 and len(calls) == 4  # one warm-up, three timed
+    with pytest.raises(ValueError, match="repeats must be a positive integer"):
+        metrics.median_seconds(call, repeats=0)
+
+
+def test_relative_cost_is_a_positive_ratio_and_refuses_an_unknown_method(small_conv, conv_inputs):
+    x, _ = conv_inputs
+    ratio = metrics.relative_cost(small_conv, x, "integrated_gradients", repeats=1, steps=8)
+    assert np.isfinite(ratio) and ratio > 0
+    with pytest.raises(ValueError, match="unknown attribution method 'saliency'"):
+        metrics.relative_cost(small_conv, x, "saliency", repeats=1)

@@ -26,6 +26,7 @@ push all perturbed copies of a batch through the model together.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,7 @@ __all__ = [
     "continuity",
     "impute",
     "map_correlation",
+    "median_seconds",
     "parametrized_layers",
     "patch_index",
     "pixel_flipping",
@@ -72,6 +74,7 @@ __all__ = [
     "random_logit_test",
     "random_other_class",
     "randomized_copy",
+    "relative_cost",
     "rank_correlation",
     "removal_order",
     "roughness",
@@ -635,8 +638,34 @@ def abpc(morf: Any, lerf: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics for the tables of Part V
+# Statistics and costs for the tables of Part V
 # --------------------------------------------------------------------------------------------
+
+
+def median_seconds(call: Any, repeats: int = 3) -> float:
+    """The median wall-clock time of ``call()`` over ``repeats`` runs, after one warm-up run
+    (which traces compiled functions and fills caches, and is not counted)."""
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def relative_cost(model: keras.Model, x: Any, method: str, target: Target = None, *, repeats: int = 3, **params: Any) -> float:
+    """The time of one :func:`understanding_nn.explain` call of ``method`` on the batch ``x``, as a
+    multiple of the time of one plain ``"gradient"`` call on the same batch (one forward and one
+    backward pass), both as :func:`median_seconds`. Ratios, unlike seconds, compare across
+    machines; they still depend on the model and the batch size."""
+    x = validate_input(validate_model(model), x)
+    targets = resolve_target(model, x, target)
+    batch = len(x)
+    gradient = median_seconds(lambda: explain(model, x, "gradient", targets, batch_size=batch), repeats)
+    return median_seconds(lambda: explain(model, x, method, targets, batch_size=batch, **params), repeats) / gradient
 
 
 @dataclass(frozen=True)
@@ -916,9 +945,11 @@ class Randomization:
         """Whether the maps after ``stage`` layers are randomised are still clearly similar to
         the trained model's: the lower ends of the 95 % bootstrap intervals
         (:func:`bootstrap_interval`, ``seed``) of the mean SSIM *and* of the mean Spearman
-        correlation of :math:`|R|` both lie above ``threshold``."""
+        correlation of :math:`|R|` both lie above ``threshold``. A pair with a constant map (a
+        randomised class activation map can be all zero) has no rank correlation; it counts as
+        0, no shared order."""
         return all(
-            bootstrap_interval(self.similarity(measure, stage), seed=seed).low > threshold
+            bootstrap_interval(np.nan_to_num(self.similarity(measure, stage), nan=0.0), seed=seed).low > threshold
             for measure in ("ssim", "spearman_abs")
         )
 
