@@ -356,7 +356,7 @@ def _imputer(spatial: tuple[int, ...]) -> Any:
             return removed * (degree * v - _neighbour_sum(removed * v, spatial))
 
         b = removed * _neighbour_sum((1 - removed) * x, spatial)
-        tolerance = 1e-8 * tf.maximum(dot(b, b), 1e-30)
+        tolerance = 1e-12 * tf.maximum(dot(b, b), 1e-30)
 
         def not_done(i, v, r, p, rr):
             return tf.logical_and(i < size, tf.reduce_any(rr > tolerance))
