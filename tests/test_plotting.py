@@ -315,3 +315,40 @@ def test_overlay_grid_normalizes_each_map_and_shares_one_colorbar():
         plotting.overlay_grid(maps, images[:3])
     with pytest.raises(ValueError, match="select needs boxes"):
         plotting.overlay_grid(maps, images, select=np.ones((4, 1), bool))
+
+
+# --------------------------------------------------------------------------------------------
+# Interval charts (Part V)
+# --------------------------------------------------------------------------------------------
+
+
+def test_interval_chart_draws_one_row_per_label_in_the_order_asked():
+    from understanding_nn.metrics import bootstrap_interval
+
+    values = np.random.default_rng(0).normal(loc=[3.0, 1.0, 2.0], size=(50, 3))
+    interval = bootstrap_interval(values, seed=0)
+    fig = plotting.interval_chart(["a", "b", "c"], interval, xlabel="score", title="t", reference=0.0,
+                                      reference_label="zero")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "c", "a"]  # ascending, smallest on top
+    assert ax.get_xlabel() == "score" and ax.get_title() == "t"
+    descending = plotting.interval_chart(["a", "b", "c"], interval, xlabel="score", order="descending")
+    assert [t.get_text() for t in descending.axes[0].get_yticklabels()] == ["a", "c", "b"]
+    kept = plotting.interval_chart(["a", "b", "c"], interval, xlabel="score", order=None, log=True)
+    assert [t.get_text() for t in kept.axes[0].get_yticklabels()] == ["a", "b", "c"]
+    assert kept.axes[0].get_xscale() == "log"
+
+
+def test_interval_chart_draws_several_series_with_a_legend_and_refuses_mismatches():
+    from understanding_nn.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    two = {"first": bootstrap_interval(rng.normal(size=(30, 4)), seed=0),
+           "second": bootstrap_interval(rng.normal(size=(30, 4)), seed=0)}
+    fig = plotting.interval_chart(list("wxyz"), two, xlabel="v")
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["first", "second"]
+    with pytest.raises(ValueError, match="3 estimate values for 4 labels"):
+        plotting.interval_chart(list("wxyz"), bootstrap_interval(rng.normal(size=(30, 3)), seed=0), xlabel="v")
+    with pytest.raises(ValueError, match="order must be"):
+        plotting.interval_chart(list("wxyz"), two, xlabel="v", order="up")

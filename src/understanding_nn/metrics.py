@@ -239,7 +239,11 @@ def pointing_game(maps: np.ndarray, boxes: np.ndarray, select: np.ndarray | None
 # --------------------------------------------------------------------------------------------
 
 FILLS = ("zero", "mean", "uniform", "blur", "impute")
+"""The names of the ways :func:`pixel_flipping` removes a patch (its ``fill``); an array is
+accepted too."""
+
 ORDERS = ("morf", "lerf", "random")
+"""The orders in which :func:`pixel_flipping` removes the patches (see :func:`removal_order`)."""
 
 # Perturbed inputs per forward pass in pixel_flipping (all steps of a chunk of samples together).
 _FLIP_INPUTS_PER_PASS = 1024

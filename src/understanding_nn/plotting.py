@@ -10,7 +10,9 @@ one convention:
   from white (zero) to dark;
 * every heatmap has a colorbar that says what it shows, and every panel a title;
 * a class activation map is drawn *over* its canvas (:func:`plot_overlay`), transparent where it
-  is zero so that the digits stay visible, with the digits' boxes on top.
+  is zero so that the digits stay visible, with the digits' boxes on top;
+* a measure of every method (Part V) is drawn as means with their confidence intervals, one row
+  per method (:func:`interval_chart`).
 
 Whether a map is signed is decided from its values unless ``signed`` is given.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "comparison_grid",
     "heatmap_grid",
     "image_grid",
+    "interval_chart",
     "overlay_grid",
     "plot_heatmap",
     "plot_overlay",
@@ -433,4 +436,80 @@ def overlay_grid(
     fig.colorbar(mappable, ax=list(axes), shrink=0.8 if nrows > 1 else 0.9, label=label)
     if suptitle:
         fig.suptitle(suptitle)
+    return fig
+
+
+def interval_chart(
+    labels: Sequence[str],
+    intervals: Mapping[str, object] | object,
+    *,
+    xlabel: str,
+    title: str | None = None,
+    order: str | None = "ascending",
+    reference: float | None = None,
+    reference_label: str | None = None,
+    log: bool = False,
+    ax: Axes | None = None,
+) -> Figure:
+    """Means with their confidence intervals, one row per label, as horizontal error bars: the
+    charts of Part V, where every row is a method.
+
+    Parameters
+    ----------
+    labels
+        One label per row (for example the method names).
+    intervals
+        An :class:`~understanding_nn.metrics.Interval` whose ``estimate``, ``low`` and ``high``
+        are arrays with one value per label (from
+        :func:`~understanding_nn.metrics.bootstrap_interval` of a ``(N, len(labels))`` array), or
+        a mapping series name → such an interval, drawn side by side in every row with a legend.
+    xlabel, title
+        Axis label (say which direction is better) and title.
+    order
+        ``"ascending"`` puts the smallest estimate of the first series at the top,
+        ``"descending"`` the largest, ``None`` keeps the order of ``labels``.
+    reference, reference_label
+        An optional vertical dotted line (a threshold, a baseline, 0) and its legend entry.
+    log
+        A logarithmic horizontal axis, for values that span orders of magnitude.
+    ax
+        The axes to draw on; a new figure by default.
+    """
+    series = dict(intervals) if isinstance(intervals, Mapping) else {"": intervals}
+    if not series:
+        raise ValueError("intervals is empty: give at least one Interval")
+    labels = list(labels)
+    for name, interval in series.items():
+        for part in ("estimate", "low", "high"):
+            values = np.atleast_1d(np.asarray(getattr(interval, part)))
+            if values.shape != (len(labels),):
+                raise ValueError(
+                    f"interval {name!r} has {values.size} {part} values for {len(labels)} labels; "
+                    "give one value per label (bootstrap_interval of an (N, labels) array)"
+                )
+    if order not in ("ascending", "descending", None):
+        raise ValueError(f"order must be 'ascending', 'descending' or None, got {order!r}")
+    first = np.asarray(next(iter(series.values())).estimate)
+    rows = np.arange(len(labels)) if order is None else np.argsort(first if order == "ascending" else -first, kind="stable")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.26 * len(labels)), layout="constrained")
+    else:
+        fig = ax.figure
+    positions = np.arange(len(labels))
+    offsets = (np.arange(len(series)) - (len(series) - 1) / 2) * (0.3 if len(series) > 1 else 0.0)
+    for offset, (name, interval), marker in zip(offsets, series.items(), "osD^v<>"):
+        estimate, low, high = (np.asarray(getattr(interval, part))[rows] for part in ("estimate", "low", "high"))
+        ax.errorbar(estimate, positions + offset, xerr=[estimate - low, high - estimate], fmt=marker, ms=4,
+                    capsize=2, lw=1, label=name or None)
+    if reference is not None:
+        ax.axvline(reference, color="0.4", ls=":", lw=1, label=reference_label)
+    ax.set_yticks(positions, [labels[i] for i in rows], fontsize=8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # the first row at the top
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    if len(series) > 1 or reference_label:
+        ax.legend(fontsize=8)
     return fig
