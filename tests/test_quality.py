@@ -1160,3 +1160,11 @@ def test_relative_cost_is_a_positive_ratio_and_refuses_an_unknown_method(small_c
     assert np.isfinite(ratio) and ratio > 0
     with pytest.raises(ValueError, match="unknown attribution method 'saliency'"):
         metrics.relative_cost(small_conv, x, "saliency", repeats=1)
+
+
+def test_interval_cells_format_every_column_and_str_joins_them():
+    one = metrics.Interval(1.23456, 1.0, 1.5, 0.95)
+    assert one.cells() == ["1.23 [1.00, 1.50]"] and str(one) == "1.23 [1, 1.5]"
+    several = metrics.Interval(np.array([0.5, -2.0]), np.array([0.25, -3.0]), np.array([0.75, -1.0]), 0.95)
+    assert several.cells(".1f") == ["0.5 [0.2, 0.8]", "-2.0 [-3.0, -1.0]"]
+    assert str(several) == "0.5 [0.25, 0.75]; -2 [-3, -1]"

@@ -683,9 +683,13 @@ class Interval:
     confidence: float
 
     def __str__(self) -> str:
-        if np.ndim(self.estimate):
-            return "; ".join(str(Interval(e, lo, hi, self.confidence)) for e, lo, hi in zip(self.estimate, self.low, self.high))
-        return f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}]"
+        return "; ".join(self.cells(".3g"))
+
+    def cells(self, number_format: str = ".2f") -> list[str]:
+        """The interval as table cells ``"estimate [low, high]"``, one per column (a single one
+        for a scalar interval), each number formatted with ``number_format``."""
+        columns = zip(*(np.atleast_1d(np.asarray(part)) for part in (self.estimate, self.low, self.high)))
+        return [f"{e:{number_format}} [{lo:{number_format}}, {hi:{number_format}}]" for e, lo, hi in columns]
 
 
 def bootstrap_interval(
