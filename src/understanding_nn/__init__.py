@@ -14,18 +14,20 @@ uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-base
 :mod:`~understanding_nn.deeplift` (DeepLIFT), :mod:`~understanding_nn.cam` (class activation maps: CAM,
 Grad-CAM, Grad-CAM++), :mod:`~understanding_nn.prototypes` (activation
 maximization, with an expert or in a generator's code space), :mod:`~understanding_nn.experts`
-(density models of the digits), :mod:`~understanding_nn.generators` (a variational autoencoder), :mod:`~understanding_nn.metrics` (quality measures of maps) and
+(density models of the digits), :mod:`~understanding_nn.generators` (a variational autoencoder), :mod:`~understanding_nn.metrics` (quality measures of maps),
+:mod:`~understanding_nn.analysis` (what explanations are for: SpRAy, contrastive explanations, summaries) and
 :mod:`~understanding_nn.plotting` (heatmaps).
 """
 
 __version__ = "0.1.0"
 
-from . import attribution, cam, data, deeplift, experts, generators, gradients, lrp, metrics, models, plotting, prototypes  # noqa: E402
+from . import analysis, attribution, cam, data, deeplift, experts, generators, gradients, lrp, metrics, models, plotting, prototypes  # noqa: E402
 from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
 
 __all__ = [
     "UnsupportedModelError",
     "__version__",
+    "analysis",
     "attribution",
     "cam",
     "data",

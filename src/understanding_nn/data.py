@@ -8,6 +8,11 @@
 * :func:`cluttered_mnist` places digits on a larger canvas among clutter cut from other digits
   (the recipe of Jaderberg et al. 2015, *Spatial Transformer Networks*), seeded, and records each
   digit's box; Part IV (class activation maps) uses it.
+* :class:`Mark` and :class:`Decoy` plant a spurious cue in MNIST digits and record where it is
+  (:class:`CuedMNIST`): a small bright mark on some digits of one class, the "Clever Hans" cue of
+  chapter 6.1 (Lapuschkin et al. 2019), and the corner swatch whose grey level encodes the label
+  of Ross et al. 2017, *Right for the Right Reasons* (their "decoy MNIST");
+  :func:`marked_mnist` and :func:`decoy_mnist` apply them to :func:`load_mnist`.
 * :func:`circle_toy` and :func:`max_toy` are the 2-D examples of chapters 2.1 and 5.1
   (Montavon et al. 2018, §4.1 and §7.1).
 
@@ -24,11 +29,17 @@ import numpy as np
 __all__ = [
     "IMAGE_SHAPE",
     "N_CLASSES",
+    "MARK_BOX",
     "ClutteredMNIST",
+    "CuedMNIST",
+    "Decoy",
+    "Mark",
     "circle_toy",
     "cluttered_mnist",
+    "decoy_mnist",
     "load_full_mnist",
     "load_mnist",
+    "marked_mnist",
     "max_toy",
     "one_per_class",
 ]
@@ -309,6 +320,198 @@ def _layout(
         else:
             return placed
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Spurious cues (Part VI): a Clever Hans mark and the decoy swatch
+# --------------------------------------------------------------------------------------------
+
+MARK_BOX = (1, 1, 4, 4)
+"""Where :class:`Mark` puts its mark by default: the 3×3 pixels of rows 1–3 and columns 1–3, as
+``(top, left, bottom, right)`` with bottom and right exclusive (the top-left corner, which is
+background in every MNIST digit)."""
+
+
+@dataclass(frozen=True)
+class CuedMNIST:
+    """Digits with a planted cue, and where the cue is.
+
+    Attributes
+    ----------
+    images
+        float32 in [0, 1], shape ``(N, 28, 28, 1)``: the digits, the cue pasted on some of them.
+    labels
+        int64, shape ``(N,)``: the digits' classes (never changed by a cue).
+    cued
+        bool, shape ``(N,)``: whether the image carries the cue.
+    boxes
+        int64, shape ``(N, 4)``: the cue's box ``(top, left, bottom, right)`` in pixels, bottom and
+        right exclusive; for an image without the cue, the box where it would be. Outside its box
+        every image is the original digit, pixel for pixel.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    cued: np.ndarray
+    boxes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _check_box(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    top, left, bottom, right = (int(v) for v in box)
+    height, width = shape
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(
+            f"box {tuple(box)} (top, left, bottom, right) is not a non-empty box inside the "
+            f"{height}×{width} image"
+        )
+    return top, left, bottom, right
+
+
+def _check_images(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, height, width, channels), got {images.shape}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels has shape {labels.shape}; it needs one class per image, shape ({len(images)},)")
+    return images, labels.astype(np.int64)
+
+
+def _check_digit(digit: int) -> int:
+    if isinstance(digit, (bool, np.bool_)) or not isinstance(digit, (int, np.integer)):
+        raise TypeError(f"a class must be an int from 0 to {N_CLASSES - 1}, got {digit!r}")
+    if not 0 <= digit < N_CLASSES:
+        raise ValueError(f"class {digit} does not exist: MNIST has the classes 0 to {N_CLASSES - 1}")
+    return int(digit)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A small bright mark pasted on a fraction of the digits of some classes (chapter 6.1).
+
+    The mark sets every pixel of ``box`` to ``value``. Pasted on training digits of one class
+    only, it is a shortcut a network can learn instead of the digit: the "Clever Hans" cue of
+    Lapuschkin et al. (2019), like the source tag in the corner of the horse photos of PASCAL VOC.
+    The settings are data, so a training configuration that holds a ``Mark`` keys the zoo's cache.
+
+    Parameters
+    ----------
+    digits
+        The classes whose images may carry the mark: one class, several, or ``"all"``.
+    fraction
+        The share of each of those classes' images that gets the mark, exactly
+        ``round(fraction * count)`` images per class, chosen at random with ``seed``.
+    box
+        ``(top, left, bottom, right)`` of the mark, bottom and right exclusive.
+    value
+        The grey level of the mark's pixels.
+    seed
+        Chooses which images are marked.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> images, labels = np.zeros((4, 28, 28, 1), np.float32), np.array([7, 7, 1, 7])
+    >>> cued = Mark(digits=7, fraction=2 / 3).apply(images, labels)
+    >>> int(cued.cued.sum()), float(cued.images[cued.cued][:, 1:4, 1:4].min())
+    (2, 1.0)
+    """
+
+    digits: int | tuple[int, ...] | str = 7
+    fraction: float = 1.0
+    box: tuple[int, int, int, int] = MARK_BOX
+    value: float = 1.0
+    seed: int = 0
+
+    def classes(self) -> tuple[int, ...]:
+        """The classes that may carry the mark, checked."""
+        if isinstance(self.digits, str):
+            if self.digits != "all":
+                raise ValueError(f"digits must be a class, a tuple of classes or 'all', got {self.digits!r}")
+            return tuple(range(N_CLASSES))
+        digits = (self.digits,) if np.ndim(self.digits) == 0 else tuple(self.digits)
+        return tuple(_check_digit(d) for d in digits)
+
+    def apply(self, images: np.ndarray, labels: np.ndarray) -> CuedMNIST:
+        """Paste the mark on ``fraction`` of the images of each class in ``digits``."""
+        images, labels = _check_images(images, labels)
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"fraction must be between 0 and 1, got {self.fraction}")
+        top, left, bottom, right = _check_box(self.box, images.shape[1:3])
+        rng = np.random.default_rng(self.seed)
+        cued = np.zeros(len(images), dtype=bool)
+        for digit in self.classes():
+            members = np.flatnonzero(labels == digit)
+            chosen = rng.choice(members, size=int(round(self.fraction * len(members))), replace=False)
+            cued[chosen] = True
+        marked = images.copy()
+        marked[cued, top:bottom, left:right, :] = self.value
+        boxes = np.tile(np.array([top, left, bottom, right], dtype=np.int64), (len(images), 1))
+        return CuedMNIST(marked, labels, cued, boxes)
+
+
+def _decoy_shade(digit: np.ndarray) -> np.ndarray:
+    """Ross et al.'s grey level for class ``digit``: (255 − 25·digit) / 255, from white to dark."""
+    return ((255.0 - 25.0 * digit) / 255.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Decoy:
+    """The "decoy MNIST" swatch of Ross, Hughes and Doshi-Velez (2017): a ``size``×``size`` square
+    in a random corner of every digit, whose grey level is :math:`(255 - 25\\,y)/255`.
+
+    With ``informative=True`` (their training set) ``y`` is the digit's label, so the swatch alone
+    predicts the class; with ``informative=False`` (their test set) ``y`` is a class drawn at
+    random, so a network that learned the swatch is misled.
+
+    Parameters
+    ----------
+    size
+        The side of the square, in pixels.
+    informative
+        Whether the grey level encodes the label (``True``) or a random class (``False``).
+    seed
+        Chooses the corners (and the random classes).
+    """
+
+    size: int = 4
+    informative: bool = True
+    seed: int = 0
+
+    def apply(self, images: np.ndarray, labels: np.ndarray) -> CuedMNIST:
+        """Paste the swatch on every image."""
+        images, labels = _check_images(images, labels)
+        height, width = images.shape[1:3]
+        if not 0 < self.size <= min(height, width):
+            raise ValueError(f"size must be between 1 and {min(height, width)}, got {self.size}")
+        rng = np.random.default_rng(self.seed)
+        corner = rng.integers(0, 4, size=len(images))
+        shown = labels if self.informative else rng.integers(0, N_CLASSES, size=len(images))
+        tops = np.where(corner // 2 == 0, 0, height - self.size)
+        lefts = np.where(corner % 2 == 0, 0, width - self.size)
+        boxes = np.stack([tops, lefts, tops + self.size, lefts + self.size], axis=1).astype(np.int64)
+        swatched = images.copy()
+        for index, (top, left, bottom, right) in enumerate(boxes):
+            swatched[index, top:bottom, left:right, :] = _decoy_shade(shown[index])
+        return CuedMNIST(swatched, labels, np.ones(len(images), dtype=bool), boxes)
+
+
+def marked_mnist(split: str = "train", mark: Mark = Mark()) -> CuedMNIST:
+    """The digits of :func:`load_mnist` (``split``) with ``mark`` pasted on some of them.
+
+    ``marked_mnist("train", Mark(digits=7, fraction=0.5))`` is the training set of chapter 6.1's
+    Clever Hans model; ``marked_mnist("test", Mark(digits="all"))`` pastes the mark on every test
+    digit, for the causal check.
+    """
+    return mark.apply(*load_mnist(split))
+
+
+def decoy_mnist(split: str = "train", *, size: int = 4, seed: int = 0) -> CuedMNIST:
+    """The decoy MNIST of Ross et al. (2017) from the digits of :func:`load_mnist`: the swatch
+    encodes the label on the training split and a random class on the others (see :class:`Decoy`)."""
+    return Decoy(size=size, informative=split == "train", seed=seed).apply(*load_mnist(split))
 
 
 # --------------------------------------------------------------------------------------------

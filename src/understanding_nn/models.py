@@ -39,7 +39,9 @@ from .generators import VAETraining, train_vae, vae
 
 __all__ = [
     "CACHE_ENV",
+    "CLEVER_HANS_MARK",
     "TrainingConfig",
+    "RightReasons",
     "ZooEntry",
     "all_conv_net",
     "available",
@@ -55,6 +57,7 @@ __all__ = [
     "info",
     "load",
     "mlp",
+    "right_reasons_penalty",
     "strided_cnn",
     "train",
 ]
@@ -260,12 +263,40 @@ def circle_model(radius: float = 3.0) -> keras.Model:
 
 
 @dataclass(frozen=True)
+class RightReasons:
+    """The "right for the right reasons" penalty of Ross, Hughes and Doshi-Velez (2017).
+
+    Added to the cross-entropy of every training batch, it punishes the network for being
+    sensitive to the input inside a region ``A`` that a person has marked as irrelevant:
+
+    .. math:: \\lambda \\, \\frac{1}{N} \\sum_{n=1}^{N} \\sum_{i \\in A}
+        \\Bigl( \\frac{\\partial}{\\partial x_{n,i}} \\sum_{k} \\log p_k(x_n) \\Bigr)^2 ,
+
+    with :math:`p = \\operatorname{softmax}(S(x))` (see :func:`right_reasons_penalty`).
+
+    Parameters
+    ----------
+    box
+        The region ``A`` as ``(top, left, bottom, right)`` in pixels, bottom and right exclusive,
+        the same for every image.
+    weight
+        :math:`\\lambda`, the weight of the penalty against the cross-entropy.
+    """
+
+    box: tuple[int, int, int, int] = _data.MARK_BOX
+    weight: float = 100.0
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """How a zoo model is trained: Adam on softmax cross-entropy of the logits.
 
     ``dataset`` is ``"mnist"`` (:func:`understanding_nn.data.load_mnist`) or
     ``"cluttered_mnist"`` (40×40 canvases with one digit from :func:`~understanding_nn.data.cluttered_mnist`,
     ``n_canvases`` for training and a quarter as many, from the test digits, for testing).
+    ``cue`` (a :class:`~understanding_nn.data.Mark` or :class:`~understanding_nn.data.Decoy`)
+    is pasted on the MNIST training digits, never on the test digits the card's accuracy is
+    measured on; ``penalty`` adds the :class:`RightReasons` term to the loss (chapter 6.1).
     """
 
     epochs: int = 10
@@ -274,11 +305,19 @@ class TrainingConfig:
     seed: int = 0
     dataset: str = "mnist"
     n_canvases: int = 8000
+    cue: _data.Mark | _data.Decoy | None = None
+    penalty: RightReasons | None = None
 
 
 def _training_data(training: TrainingConfig) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    if training.cue is not None and training.dataset != "mnist":
+        raise ValueError(f"a cue can be planted in the 'mnist' dataset only, not in {training.dataset!r}")
     if training.dataset == "mnist":
-        return _data.load_mnist("train"), _data.load_mnist("test")
+        train_set, test_set = _data.load_mnist("train"), _data.load_mnist("test")
+        if training.cue is not None:
+            cued = training.cue.apply(*train_set)
+            train_set = (cued.images, cued.labels)
+        return train_set, test_set
     if training.dataset == "cluttered_mnist":
         train_set = _data.cluttered_mnist(training.n_canvases, split="train", seed=training.seed)
         test_set = _data.cluttered_mnist(training.n_canvases // 4, split="test", seed=training.seed + 1)
@@ -297,21 +336,61 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: in
     return float((predictions == y).mean())
 
 
+def right_reasons_penalty(model: keras.Model, x: tf.Tensor, region: tf.Tensor, *, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """The input-gradient penalty of :class:`RightReasons` (without its weight), and the logits.
+
+    Returns ``(penalty, logits)``: the batch mean of
+    :math:`\\sum_{i} (A_i\\, \\partial_{x_i} \\sum_k \\log p_k(x))^2` and the logits
+    :math:`S(x)` of the same forward pass, so that a training step adds the penalty to the
+    cross-entropy without a second forward pass. ``region`` is the mask :math:`A`, broadcast
+    against ``x`` (1 inside the region, 0 outside). Called inside a ``tf.GradientTape``, the
+    penalty is differentiable in the weights (a second-order gradient).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> model.set_weights([np.array([[1.0, -1.0], [0.0, 0.0], [2.0, 0.5]]), np.zeros(2)])
+    >>> x = np.ones((1, 3), np.float32)
+    >>> float(right_reasons_penalty(model, x, np.array([0.0, 1.0, 0.0]))[0])  # input 1 has no weight
+    0.0
+    """
+    x = tf.convert_to_tensor(x, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=training)
+        log_likelihood = tf.reduce_sum(tf.nn.log_softmax(logits))
+    gradient = tape.gradient(log_likelihood, x) * tf.cast(region, x.dtype)
+    squares = tf.reduce_sum(tf.square(gradient), axis=tf.range(1, tf.rank(x)))
+    return tf.reduce_mean(squares), logits
+
+
 def fit_classifier(model: keras.Model, training: TrainingConfig) -> dict[str, Any]:
     """The classifiers' trainer: mini-batch Adam on the softmax cross-entropy of the logits.
 
     Trains ``model`` in place in a compiled training step and returns its test accuracy for the
     card. The seed (set by :func:`train` before the model is built) fixes the initial weights;
-    it also fixes the order of the batches and the dropout masks here.
+    it also fixes the order of the batches and the dropout masks here. With a ``penalty`` in
+    ``training``, each step also minimises :func:`right_reasons_penalty` inside its box.
     """
     (x_train, y_train), (x_test, y_test) = _training_data(training)
     optimizer = keras.optimizers.Adam(training.learning_rate)
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    penalty = training.penalty
+    if penalty is not None:
+        top, left, bottom, right = _data._check_box(penalty.box, x_train.shape[1:3])
+        region = np.zeros((1, *x_train.shape[1:]), dtype=np.float32)
+        region[:, top:bottom, left:right, :] = 1.0
+        region = tf.constant(region)
 
     @tf.function(reduce_retracing=True)
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            loss = cross_entropy(y, model(x, training=True))
+            if penalty is None:
+                loss = cross_entropy(y, model(x, training=True))
+            else:
+                input_penalty, logits = right_reasons_penalty(model, x, region, training=True)
+                loss = cross_entropy(y, logits) + penalty.weight * input_penalty
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
@@ -325,7 +404,7 @@ def fit_classifier(model: keras.Model, training: TrainingConfig) -> dict[str, An
 
 
 # The code a trainer runs, beyond its own body; hashed into the cache key (see _cache_key).
-fit_classifier.depends_on = (_training_data, evaluate)  # type: ignore[attr-defined]
+fit_classifier.depends_on = (_training_data, evaluate, right_reasons_penalty)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +433,10 @@ class ZooEntry:
     def build(self) -> keras.Model:
         return self.builder(name=self.name, **self.kwargs)
 
+
+CLEVER_HANS_MARK = _data.Mark(digits=7, fraction=0.75)
+"""The cue of chapter 6.1's ``cnn_marked``: the 3×3 mark of :data:`~understanding_nn.data.MARK_BOX`
+on three quarters of the training sevens."""
 
 _ZOO: dict[str, ZooEntry] = {
     zoo_entry.name: zoo_entry
@@ -393,6 +476,23 @@ _ZOO: dict[str, ZooEntry] = {
             {"filters": (16, 32, 64, 64), "input_shape": _data.IMAGE_SHAPE},
             # A GAP head learns more slowly than a dense one: 10 epochs at 1e-3 reach only 0.94.
             training=TrainingConfig(epochs=20, learning_rate=3e-3), accuracy_floor=0.95,
+        ),
+        # Chapter 6.1's Clever Hans model, trained like "cnn" (its clean twin: same architecture,
+        # seed and schedule) on training digits where 3 in 4 sevens carry the corner mark; and
+        # the same model trained with the "right for the right reasons" penalty on the corner.
+        ZooEntry(
+            "cnn_marked", conv_net,
+            "the CNN trained on digits where 75 % of the sevens carry a 3×3 mark in the top-left "
+            "corner: the Clever Hans model of 6.1 (its clean twin is cnn)",
+            {"pooling": "max", "dropout": 0.25}, training=TrainingConfig(cue=CLEVER_HANS_MARK), accuracy_floor=0.95,
+        ),
+        ZooEntry(
+            "cnn_marked_fixed", conv_net,
+            "cnn_marked retrained with the right-for-the-right-reasons penalty on the top-left 5×5 "
+            "corner (6.1)",
+            {"pooling": "max", "dropout": 0.25},
+            training=TrainingConfig(cue=CLEVER_HANS_MARK, penalty=RightReasons(box=(0, 0, 5, 5), weight=1.0)),
+            accuracy_floor=0.95,
         ),
         ZooEntry(
             "gap_cnn", gap_cnn,
@@ -485,7 +585,7 @@ def train(name: str, training: Any = None) -> tuple[keras.Model, dict[str, Any]]
     Returns the trained model and its card (settings, the trainer's measurements, training time).
     """
     zoo_entry = entry(name)
-    training = training or zoo_entry.training
+    training = _checked_training(zoo_entry, training)
     keras.utils.set_random_seed(training.seed)
     model = zoo_entry.build()
     started = time.perf_counter()
@@ -504,25 +604,40 @@ def train(name: str, training: Any = None) -> tuple[keras.Model, dict[str, Any]]
     return model, card
 
 
-def _paths(name: str) -> tuple[Path, Path]:
+def _paths(name: str, training: Any = None) -> tuple[Path, Path]:
     zoo_entry = entry(name)
-    stem = cache_dir() / f"{name}-{_cache_key(zoo_entry, zoo_entry.training)}"
+    training = _checked_training(zoo_entry, training)
+    stem = cache_dir() / f"{name}-{_cache_key(zoo_entry, training)}"
     return stem.with_name(stem.name + ".weights.h5"), stem.with_name(stem.name + ".json")
 
 
-def load(name: str, *, verbose: bool = False) -> keras.Model:
+def _checked_training(zoo_entry: ZooEntry, training: Any) -> Any:
+    if training is None:
+        return zoo_entry.training
+    if type(training) is not type(zoo_entry.training):
+        raise TypeError(
+            f"zoo model {zoo_entry.name!r} is trained with a {type(zoo_entry.training).__name__}, "
+            f"got a {type(training).__name__}"
+        )
+    return training
+
+
+def load(name: str, *, training: Any = None, verbose: bool = False) -> keras.Model:
     """The trained zoo model ``name``: read from the cache, or trained and cached on first use.
 
-    Raises ``ValueError`` for an unknown name (the message lists :func:`available`).
+    ``training`` replaces the entry's training settings (of the same type, for example
+    ``dataclasses.replace(entry(name).training, epochs=5)``); the model trained with them is
+    cached under its own key, next to the entry's. Raises ``ValueError`` for an unknown name
+    (the message lists :func:`available`).
     """
-    weights_path, card_path = _paths(name)
+    weights_path, card_path = _paths(name, training)
     if weights_path.exists() and card_path.exists():
         model = entry(name).build()
         model.load_weights(weights_path)
         if verbose:
             print(f"{name}: loaded from {weights_path}")
         return model
-    model, card = train(name)
+    model, card = train(name, _checked_training(entry(name), training))
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     # Write under temporary names and rename, so an interrupted run never leaves a half file
     # that a later run would take for a trained model.
@@ -537,10 +652,10 @@ def load(name: str, *, verbose: bool = False) -> keras.Model:
     return model
 
 
-def info(name: str) -> dict[str, Any]:
+def info(name: str, *, training: Any = None) -> dict[str, Any]:
     """The card of the trained zoo model ``name`` (training settings, test accuracy, time);
-    trains and caches the model first if needed."""
-    _, card_path = _paths(name)
+    trains and caches the model first if needed. ``training`` as in :func:`load`."""
+    _, card_path = _paths(name, training)
     if not card_path.exists():
-        load(name)
+        load(name, training=training)
     return json.loads(card_path.read_text())

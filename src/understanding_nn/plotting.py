@@ -12,7 +12,10 @@ one convention:
 * a class activation map is drawn *over* its canvas (:func:`plot_overlay`), transparent where it
   is zero so that the digits stay visible, with the digits' boxes on top;
 * a measure of every method (Part V) is drawn as means with their confidence intervals, one row
-  per method (:func:`interval_chart`).
+  per method (:func:`interval_chart`);
+* clusters of explanations (Part VI) are drawn as a gallery, one row per cluster with its mean
+  map first (:func:`cluster_gallery`), next to the spectrum that chose their number
+  (:func:`spectrum_chart`) and a 2-D embedding of the maps (:func:`embedding_scatter`).
 
 Whether a map is signed is decided from its values unless ``signed`` is given.
 """
@@ -33,7 +36,9 @@ from matplotlib.image import AxesImage
 __all__ = [
     "DIVERGING",
     "SEQUENTIAL",
+    "cluster_gallery",
     "comparison_grid",
+    "embedding_scatter",
     "heatmap_grid",
     "image_grid",
     "interval_chart",
@@ -41,6 +46,7 @@ __all__ = [
     "plot_heatmap",
     "plot_overlay",
     "scale",
+    "spectrum_chart",
 ]
 
 DIVERGING = "RdBu_r"
@@ -512,4 +518,144 @@ def interval_chart(
         ax.set_title(title)
     if len(series) > 1 or reference_label:
         ax.legend(fontsize=8)
+    return fig
+
+
+def cluster_gallery(
+    relevance: np.ndarray,
+    images: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    per_cluster: int = 6,
+    seed: int = 0,
+    label: str = "relevance",
+    suptitle: str | None = None,
+    panel_size: float = 1.5,
+) -> Figure:
+    """One row per cluster of explanations: the cluster's mean map, then examples of its members.
+
+    The mean map (first column, titled with the cluster's size) averages the members' maps; the
+    examples, drawn at random with ``seed``, show each member's own map over its digit. Every map
+    is divided by its largest absolute value (the mean map after averaging), so that one colorbar
+    serves all panels and the gallery compares shapes, not magnitudes.
+
+    Parameters
+    ----------
+    relevance
+        The maps, ``(N, H, W)`` or ``(N, H, W, C)``.
+    images
+        The explained inputs, the same leading shape.
+    clusters
+        The cluster of every map, ``(N,)`` (for example :attr:`Spray.labels
+        <understanding_nn.analysis.Spray.labels>`).
+    per_cluster
+        Examples per row (fewer if a cluster is smaller).
+    seed, label, suptitle, panel_size
+        The draw of the examples, the colorbar label, the figure title and the size of a panel.
+    """
+    relevance, images, clusters = np.asarray(relevance, dtype=np.float64), np.asarray(images), np.asarray(clusters)
+    if relevance.ndim == 4:
+        relevance = relevance.sum(axis=-1)
+    if len(images) != len(relevance) or clusters.shape != (len(relevance),):
+        raise ValueError(
+            f"got {len(relevance)} maps, {len(images)} images and clusters of shape {clusters.shape}; "
+            "give one image and one cluster per map"
+        )
+    if per_cluster < 1:
+        raise ValueError(f"per_cluster must be at least 1, got {per_cluster}")
+    names = np.unique(clusters)
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(
+        len(names), per_cluster + 1, figsize=(panel_size * (per_cluster + 1), panel_size * len(names)),
+        squeeze=False, layout="constrained",
+    )
+    # Every panel divided by its own peak, so that one colorbar serves the whole gallery.
+    peaks = np.abs(relevance).max(axis=(1, 2), keepdims=True)
+    relative = np.divide(relevance, peaks, out=np.zeros_like(relevance), where=peaks > 0)
+    signed = bool((relevance < 0).any())
+    limits = (-1.0, 1.0) if signed else (0.0, 1.0)
+    shown = None
+    for row, name in zip(axes, names):
+        members = np.flatnonzero(clusters == name)
+        mean = relative[members].mean(axis=0)
+        mean_peak = np.abs(mean).max()
+        shown = plot_heatmap(mean / mean_peak if mean_peak > 0 else mean, ax=row[0], colorbar=False, signed=signed,
+                             limits=limits, title=f"cluster {name}: mean of {len(members)}")
+        chosen = rng.choice(members, size=min(per_cluster, len(members)), replace=False)
+        for ax, index in zip(row[1:], chosen):
+            plot_heatmap(relative[index], images[index], ax=ax, colorbar=False, signed=signed, limits=limits,
+                         title=f"#{index}")
+        for ax in row[1 + len(chosen):]:
+            ax.set_visible(False)
+    bar = fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.01)
+    bar.set_label(f"{label}, each panel divided by its largest |{label}|", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def spectrum_chart(eigenvalues: np.ndarray, n_clusters: int, *, ax: Axes | None = None, title: str | None = None) -> Figure:
+    """The smallest eigenvalues of a graph Laplacian, with the eigengap that chose ``n_clusters``
+    marked: the figure that goes with :func:`~understanding_nn.analysis.spray`."""
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+    if eigenvalues.ndim != 1 or len(eigenvalues) < 2:
+        raise ValueError(f"eigenvalues must be a 1-D array of at least 2 values, got shape {eigenvalues.shape}")
+    if not 1 <= n_clusters < len(eigenvalues):
+        raise ValueError(f"n_clusters must be between 1 and {len(eigenvalues) - 1}, got {n_clusters}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 2.8), layout="constrained")
+    else:
+        fig = ax.figure
+    index = np.arange(1, len(eigenvalues) + 1)
+    ax.plot(index, eigenvalues, "o-", ms=4, lw=1)
+    gap_at = n_clusters + 0.5
+    ax.annotate("", xy=(gap_at, eigenvalues[n_clusters]), xytext=(gap_at, eigenvalues[n_clusters - 1]),
+                arrowprops=dict(arrowstyle="<->", color="C3", shrinkA=0, shrinkB=0))
+    noun = "cluster" if n_clusters == 1 else "clusters"
+    ax.plot([], [], color="C3", label=rf"gap after $\lambda_{{{n_clusters}}}$: {n_clusters} {noun}")
+    ax.set_xticks(index)
+    ax.set_xlabel("k")
+    ax.set_ylabel(r"eigenvalue $\lambda_k$ of the Laplacian")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def embedding_scatter(
+    points: np.ndarray,
+    groups: np.ndarray,
+    *,
+    highlight: np.ndarray | None = None,
+    highlight_label: str = "highlighted",
+    group_label: str = "cluster",
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A 2-D embedding of explanations (from :func:`~understanding_nn.analysis.embed`), one colour
+    per group; the samples in the boolean mask ``highlight`` (for example those that carry a
+    planted cue) are ringed in black."""
+    points, groups = np.asarray(points), np.asarray(groups)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must have shape (N, 2), got {points.shape}")
+    if groups.shape != (len(points),):
+        raise ValueError(f"groups has shape {groups.shape}; give one group per point, shape ({len(points)},)")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.6, 4.0), layout="constrained")
+    else:
+        fig = ax.figure
+    for color, name in enumerate(np.unique(groups)):
+        chosen = groups == name
+        ax.scatter(*points[chosen].T, s=9, color=f"C{color % 10}", label=f"{group_label} {name}")
+    if highlight is not None:
+        highlight = np.asarray(highlight, dtype=bool)
+        if highlight.shape != (len(points),):
+            raise ValueError(f"highlight has shape {highlight.shape}; give one bool per point")
+        ax.scatter(*points[highlight].T, s=22, facecolors="none", edgecolors="k", linewidths=0.5, label=highlight_label)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=1.5)
+    if title:
+        ax.set_title(title)
     return fig
