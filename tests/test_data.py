@@ -384,3 +384,123 @@ def test_cluttered_mnist_fits_two_digits_on_the_default_canvas():
         assert occupied.max() == 1
     with pytest.raises(ValueError, match="non-overlapping digits on a 40×40 canvas"):
         data.cluttered_mnist(2, digits_per_canvas=4, seed=0, max_tries=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Planted cues (Part VI): Mark and Decoy
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.75, 1.0])
+def test_mark_marks_exactly_the_fraction_of_the_class_and_nothing_else(train_split, fraction):
+    images, labels = train_split
+    cued = data.Mark(digits=7, fraction=fraction).apply(images, labels)
+    sevens = labels == 7
+    assert cued.cued.sum() == round(fraction * sevens.sum())
+    assert not cued.cued[~sevens].any()
+    np.testing.assert_array_equal(cued.labels, labels)
+    # The box, recorded for every image, is where the mark went.
+    assert cued.boxes.shape == (len(images), 4) and cued.boxes.dtype == np.int64
+    assert (cued.boxes == np.array(data.MARK_BOX)).all()
+    top, left, bottom, right = data.MARK_BOX
+    inside = np.zeros(images.shape[1:3], dtype=bool)
+    inside[top:bottom, left:right] = True
+    assert (cued.images[cued.cued][:, inside] == 1.0).all()
+    # Every pixel outside the box of a marked image, and every pixel of an unmarked one, is untouched.
+    np.testing.assert_array_equal(cued.images[:, ~inside], images[:, ~inside])
+    np.testing.assert_array_equal(cued.images[~cued.cued], images[~cued.cued])
+    assert cued.images.dtype == np.float32 and len(cued) == len(images)
+
+
+def test_mark_is_deterministic_with_its_seed_and_leaves_the_input_alone(train_split):
+    images, labels = train_split
+    before = images.copy()
+    first = data.Mark(digits=3, fraction=0.5, seed=4).apply(images, labels)
+    again = data.Mark(digits=3, fraction=0.5, seed=4).apply(images, labels)
+    other = data.Mark(digits=3, fraction=0.5, seed=5).apply(images, labels)
+    np.testing.assert_array_equal(first.cued, again.cued)
+    np.testing.assert_array_equal(first.images, again.images)
+    assert (first.cued != other.cued).any()
+    np.testing.assert_array_equal(images, before)
+
+
+def test_mark_on_several_classes_or_all_with_its_own_box_and_value(test_split):
+    images, labels = test_split
+    several = data.Mark(digits=(1, 4), fraction=1.0, box=(20, 22, 26, 27), value=0.5).apply(images, labels)
+    np.testing.assert_array_equal(several.cued, np.isin(labels, (1, 4)))
+    assert (several.images[several.cued, 20:26, 22:27] == 0.5).all()
+    assert (several.boxes == [20, 22, 26, 27]).all()
+    everywhere = data.marked_mnist("test", data.Mark(digits="all"))
+    assert everywhere.cued.all()
+    np.testing.assert_array_equal(everywhere.labels, labels)
+
+
+def test_marked_mnist_is_the_mark_applied_to_the_split(train_split):
+    mark = data.Mark(digits=7, fraction=0.75)
+    direct = mark.apply(*train_split)
+    cued = data.marked_mnist("train", mark)
+    np.testing.assert_array_equal(cued.images, direct.images)
+    np.testing.assert_array_equal(cued.cued, direct.cued)
+
+
+@pytest.mark.parametrize(
+    ("mark", "error", "message"),
+    [
+        (data.Mark(digits=10), ValueError, "class 10 does not exist: MNIST has the classes 0 to 9"),
+        (data.Mark(digits=(1, -1)), ValueError, "class -1 does not exist"),
+        (data.Mark(digits="some"), ValueError, "digits must be a class, a tuple of classes or 'all'"),
+        (data.Mark(digits=2.0), TypeError, "a class must be an int from 0 to 9, got 2.0"),
+        (data.Mark(fraction=1.5), ValueError, "fraction must be between 0 and 1, got 1.5"),
+        (data.Mark(box=(25, 25, 30, 30)), ValueError, r"box \(25, 25, 30, 30\) .* is not a non-empty box inside the 28×28 image"),
+        (data.Mark(box=(3, 3, 3, 5)), ValueError, "not a non-empty box"),
+    ],
+)
+def test_mark_refuses_bad_settings(test_split, mark, error, message):
+    with pytest.raises(error, match=message):
+        mark.apply(*test_split)
+
+
+def test_cues_refuse_labels_that_do_not_fit_the_images(test_split):
+    images, labels = test_split
+    with pytest.raises(ValueError, match=r"labels has shape \(999,\); it needs one class per image, shape \(1000,\)"):
+        data.Mark().apply(images, labels[:-1])
+    with pytest.raises(ValueError, match="images must have shape"):
+        data.Decoy().apply(images[..., 0], labels)
+
+
+@pytest.mark.parametrize("informative", [True, False])
+def test_decoy_puts_a_swatch_in_a_corner_of_every_digit(test_split, informative):
+    images, labels = test_split
+    size = 4
+    cued = data.Decoy(size=size, informative=informative, seed=2).apply(images, labels)
+    assert cued.cued.all()
+    top, left, bottom, right = cued.boxes.T
+    assert set(top) <= {0, 28 - size} and set(left) <= {0, 28 - size}
+    assert (bottom - top == size).all() and (right - left == size).all()
+    assert len({(t, l) for t, l in zip(top, left)}) == 4  # every corner is used
+    shades = np.empty(len(images), dtype=np.float32)
+    for index, (t, l, b, r) in enumerate(cued.boxes):
+        swatch = cued.images[index, t:b, l:r, 0]
+        assert (swatch == swatch[0, 0]).all()
+        shades[index] = swatch[0, 0]
+        outside = np.ones((28, 28), dtype=bool)
+        outside[t:b, l:r] = False
+        np.testing.assert_array_equal(cued.images[index, outside, 0], images[index, outside, 0])
+    encodes_label = np.isclose(shades, (255 - 25 * labels) / 255)
+    if informative:
+        assert encodes_label.all()
+    else:
+        # A random class: right by chance about one time in ten.
+        assert 0.03 < encodes_label.mean() < 0.2
+        assert set(np.round(shades * 255).astype(int)) <= {255 - 25 * k for k in range(10)}
+
+
+def test_decoy_mnist_encodes_the_label_in_training_only_and_is_seeded():
+    train = data.decoy_mnist("train")
+    test = data.decoy_mnist("test")
+    shade = lambda cued: cued.images[np.arange(len(cued)), cued.boxes[:, 0], cued.boxes[:, 1], 0]  # noqa: E731
+    assert np.allclose(shade(train), (255 - 25 * train.labels) / 255)
+    assert not np.allclose(shade(test), (255 - 25 * test.labels) / 255)
+    np.testing.assert_array_equal(data.decoy_mnist("test", seed=3).images, data.decoy_mnist("test", seed=3).images)
+    with pytest.raises(ValueError, match="size must be between 1 and 28, got 0"):
+        data.decoy_mnist(size=0)

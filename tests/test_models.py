@@ -24,6 +24,8 @@ ZOO = [
     "cnn_stride2",
     "allconv",
     "cnn_gap",
+    "cnn_marked",
+    "cnn_marked_fixed",
     "gap_cnn",
     "cnn_cluttered",
 ]
@@ -285,3 +287,98 @@ def test_zoo_classifier_reaches_its_accuracy_floor(name):
         assert len(x_test) == 1000
     accuracy = models.evaluate(model, x_test, y_test)
     assert accuracy >= entry.accuracy_floor, f"{name}: test accuracy {accuracy:.4f} < floor {entry.accuracy_floor}"
+
+
+# --------------------------------------------------------------------------------------------
+# Planted cues and the right-for-the-right-reasons penalty (chapter 6.1)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_cue_is_planted_in_the_training_digits_only():
+    mark = data.Mark(digits=7, fraction=0.5)
+    (x_train, y_train), (x_test, y_test) = models._training_data(TrainingConfig(cue=mark))
+    cued = data.marked_mnist("train", mark)
+    np.testing.assert_array_equal(x_train, cued.images)
+    np.testing.assert_array_equal(y_train, cued.labels)
+    clean_x, clean_y = data.load_mnist("test")
+    np.testing.assert_array_equal(x_test, clean_x)
+    np.testing.assert_array_equal(y_test, clean_y)
+    with pytest.raises(ValueError, match="a cue can be planted in the 'mnist' dataset only, not in 'cluttered_mnist'"):
+        models._training_data(TrainingConfig(dataset="cluttered_mnist", cue=mark))
+
+
+def test_the_clever_hans_entries_are_the_twin_of_cnn_but_for_the_cue_and_the_penalty():
+    twin, marked, fixed = (models.entry(name) for name in ("cnn", "cnn_marked", "cnn_marked_fixed"))
+    assert twin.builder is marked.builder is fixed.builder and twin.kwargs == marked.kwargs == fixed.kwargs
+    assert marked.training == TrainingConfig(cue=models.CLEVER_HANS_MARK) and twin.training == TrainingConfig()
+    assert fixed.training.cue == models.CLEVER_HANS_MARK and isinstance(fixed.training.penalty, models.RightReasons)
+    keys = {models._cache_key(e, e.training) for e in (twin, marked, fixed)}
+    assert len(keys) == 3
+    assert models._cache_key(marked, TrainingConfig(cue=data.Mark(digits=7, fraction=0.5))) not in keys
+
+
+def _linear_model(kernel: np.ndarray) -> keras.Model:
+    model = keras.Sequential([keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1])])
+    model.set_weights([kernel.astype(np.float32), np.zeros(kernel.shape[1], np.float32)])
+    return model
+
+
+def test_right_reasons_penalty_is_the_squared_input_gradient_of_the_log_likelihoods_in_the_region():
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((6, 4))
+    x = rng.random((5, 6)).astype(np.float32)
+    region = np.array([0, 0, 1, 1, 0, 0], np.float32)
+    penalty, logits = models.right_reasons_penalty(_linear_model(kernel), x, region)
+    # For S = xW, the gradient of Σ_k log p_k is Σ_k w_k − K·W p (K classes, p the softmax).
+    scores = x @ kernel
+    p = np.exp(scores - scores.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    gradient = kernel.sum(axis=1)[None, :] - kernel.shape[1] * p @ kernel.T
+    expected = ((gradient * region) ** 2).sum(axis=1).mean()
+    assert float(penalty) == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), scores, rtol=1e-5, atol=1e-6)
+
+
+def test_right_reasons_penalty_is_zero_when_the_region_has_no_gradient_and_grows_with_it():
+    rng = np.random.default_rng(1)
+    kernel = rng.standard_normal((6, 4))
+    x = rng.random((5, 6)).astype(np.float32)
+    region = np.array([1, 1, 0, 0, 0, 0], np.float32)
+    blind = kernel.copy()
+    blind[:2] = 0.0
+    assert float(models.right_reasons_penalty(_linear_model(blind), x, region)[0]) == 0.0
+    penalties = []
+    for scale in (0.5, 1.0, 2.0):
+        seeing = blind.copy()
+        seeing[:2] = scale * kernel[:2]
+        penalties.append(float(models.right_reasons_penalty(_linear_model(seeing), x, region)[0]))
+    assert 0.0 < penalties[0] < penalties[1] < penalties[2]
+
+
+def test_training_with_the_penalty_makes_the_model_insensitive_inside_the_region():
+    mark = data.Mark(digits=7, fraction=1.0)
+    corner = models.RightReasons(box=(0, 0, 5, 5), weight=10.0)
+    plain, _ = models.train("mlp", TrainingConfig(epochs=1, cue=mark))
+    corrected, card = models.train("mlp", TrainingConfig(epochs=1, cue=mark, penalty=corner))
+    x = data.marked_mnist("test", data.Mark(digits="all")).images[:200]
+    region = np.zeros((1, 28, 28, 1), np.float32)
+    region[:, :5, :5] = 1.0
+    before = float(models.right_reasons_penalty(plain, x, region)[0])
+    after = float(models.right_reasons_penalty(corrected, x, region)[0])
+    assert after < 0.01 * before
+    assert card["training"]["penalty"] == {"box": (0, 0, 5, 5), "weight": 10.0}
+    assert card["test_accuracy"] > 0.8
+
+
+def test_load_caches_a_model_trained_with_other_settings_under_its_own_key(counted_training, tmp_path):
+    other = TrainingConfig(epochs=2)
+    models.load("mlp", training=other)
+    models.load("mlp", training=other)
+    assert counted_training == ["mlp"]
+    key = models._cache_key(models.entry("mlp"), other)
+    assert (tmp_path / f"mlp-{key}.weights.h5").exists()
+    assert models.info("mlp", training=other)["name"] == "mlp"
+    models.load("mlp")
+    assert counted_training == ["mlp", "mlp"]  # the entry's own settings are another model
+    with pytest.raises(TypeError, match="zoo model 'mlp' is trained with a TrainingConfig, got a RightReasons"):
+        models.load("mlp", training=models.RightReasons())

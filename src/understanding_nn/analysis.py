@@ -328,7 +328,7 @@ def outlier_scores(relevance: Any, groups: Any, *, n_neighbors: int = 10, downsa
     for name in np.unique(groups):
         members = np.flatnonzero(groups == name)
         if len(members) <= n_neighbors:
-            raise ValueError(f"group {name!r} has {len(members)} maps; outlier_scores needs more than n_neighbors = {n_neighbors}")
+            raise ValueError(f"group {np.asarray(name).item()!r} has {len(members)} maps; outlier_scores needs more than n_neighbors = {n_neighbors}")
         distances, _ = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(features[members]).kneighbors(features[members])
         mean_distance = distances[:, 1:].mean(axis=1)  # column 0 is the map itself
         median = np.median(mean_distance)
@@ -425,7 +425,8 @@ def explain_contrast(
     numpy.ndarray
         The relevance of :math:`S_c - S_{c'}`, shaped like ``x``.
     """
-    x = validate_input(validate_model(model), x)
+    _logit_layer(model)
+    x = validate_input(model, x)
     n_classes = int(model.outputs[0].shape[-1])
     batch_size = params.get("batch_size", 256)
     if target is None:
@@ -438,7 +439,6 @@ def explain_contrast(
             f"target and versus are the same class ({int(target[same[0]])}) for {len(same)} samples, "
             f"the first at index {int(same[0])}; a contrast needs two different classes"
         )
-    _logit_layer(model)
     relevance: np.ndarray | None = None
     for other in np.unique(versus):
         rows = np.flatnonzero(versus == other)

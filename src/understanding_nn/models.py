@@ -648,7 +648,8 @@ def load(name: str, *, training: Any = None, verbose: bool = False) -> keras.Mod
     os.replace(partial_weights, weights_path)
     os.replace(partial_card, card_path)
     if verbose:
-        print(f"{name}: trained in {card['train_seconds']} s, test accuracy {card['test_accuracy']:.4f}")
+        accuracy = f", test accuracy {card['test_accuracy']:.4f}" if "test_accuracy" in card else ""
+        print(f"{name}: trained in {card['train_seconds']} s{accuracy}")
     return model
 
 
