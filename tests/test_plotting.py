@@ -352,3 +352,49 @@ def test_interval_chart_draws_several_series_with_a_legend_and_refuses_mismatche
         plotting.interval_chart(list("wxyz"), bootstrap_interval(rng.normal(size=(30, 3)), seed=0), xlabel="v")
     with pytest.raises(ValueError, match="order must be"):
         plotting.interval_chart(list("wxyz"), two, xlabel="v", order="up")
+
+
+# --------------------------------------------------------------------------------------------
+# Clusters of explanations (Part VI)
+# --------------------------------------------------------------------------------------------
+
+
+def test_cluster_gallery_has_a_row_per_cluster_with_its_mean_first_and_one_colorbar():
+    rng = np.random.default_rng(2)
+    maps = rng.standard_normal((11, 8, 8, 1)) * rng.uniform(1, 100, size=(11, 1, 1, 1))
+    images = rng.random((11, 8, 8, 1))
+    clusters = np.array([0] * 6 + [1] * 3 + [2] * 2)
+    fig = plotting.cluster_gallery(maps, images, clusters, per_cluster=4, suptitle="s")
+    panels = _panels(fig)
+    # 3 means + 4 + 3 + 2 examples; the unused panels of the smaller clusters are hidden.
+    assert len(panels) == 3 + 4 + 3 + 2
+    assert [ax.get_title() for ax in panels if ax.get_title().startswith("cluster")] == [
+        "cluster 0: mean of 6", "cluster 1: mean of 3", "cluster 2: mean of 2"]
+    assert len(_colorbars(fig)) == 1 and "largest" in _colorbars(fig)[0].get_ylabel()
+    for ax in panels:  # every panel divided by its own peak, on one signed scale
+        shown = ax.images[0]
+        assert np.abs(shown.get_array()).max() == pytest.approx(1.0)
+        assert shown.get_clim() == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="give one image and one cluster per map"):
+        plotting.cluster_gallery(maps, images, clusters[:-1])
+    with pytest.raises(ValueError, match="per_cluster must be at least 1"):
+        plotting.cluster_gallery(maps, images, clusters, per_cluster=0)
+
+
+def test_spectrum_chart_marks_the_gap_and_embedding_scatter_rings_the_highlighted():
+    fig = plotting.spectrum_chart(np.array([0.0, 0.001, 0.4, 0.5, 0.55]), 2, title="t")
+    ax = fig.axes[0]
+    assert ax.get_title() == "t" and "eigenvalue" in ax.get_ylabel()
+    assert "2 clusters" in ax.get_legend().get_texts()[0].get_text()
+    with pytest.raises(ValueError, match="n_clusters must be between 1 and 4, got 5"):
+        plotting.spectrum_chart(np.zeros(5), 5)
+    points = np.random.default_rng(0).random((20, 2))
+    groups = np.repeat([0, 1], 10)
+    fig = plotting.embedding_scatter(points, groups, highlight=np.arange(20) < 3, highlight_label="marked")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["cluster 0", "cluster 1", "marked"]
+    assert len(fig.axes[0].collections[-1].get_offsets()) == 3
+    with pytest.raises(ValueError, match=r"points must have shape \(N, 2\)"):
+        plotting.embedding_scatter(points[:, :1], groups)
+    with pytest.raises(ValueError, match="groups has shape"):
+        plotting.embedding_scatter(points, groups[:5])
