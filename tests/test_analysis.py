@@ -47,14 +47,26 @@ def test_normalized_maps_sum_channels_pool_and_scale_to_unit_length():
     assert (features[2] == 0).all()  # an all-zero map stays zero
 
 
+def test_normalized_maps_average_partial_blocks_at_the_edges_and_take_flat_vectors():
+    maps = np.arange(2 * 5 * 5, dtype=np.float64).reshape(2, 5, 5)
+    features = analysis.normalized_maps(maps, downsample=2)
+    assert features.shape == (2, 9)
+    pooled = np.array([[maps[0, r : r + 2, c : c + 2].mean() for c in (0, 2, 4)] for r in (0, 2, 4)]).ravel()
+    np.testing.assert_allclose(features[0], pooled / np.linalg.norm(pooled))
+    vectors = np.array([[1.0, 3.0, 5.0, 7.0, 9.0], [0.0, 0.0, 0.0, 0.0, 2.0]])
+    np.testing.assert_allclose(analysis.normalized_maps(vectors, downsample=2)[1], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(analysis.normalized_maps(vectors)[0], vectors[0] / np.linalg.norm(vectors[0]))
+
+
 @pytest.mark.parametrize(
     ("maps", "options", "message"),
     [
-        (np.zeros((3, 8)), {}, r"relevance must have shape \(N, H, W\) or \(N, H, W, C\), got \(3, 8\)"),
+        (np.zeros((3, 8, 8, 1, 1)), {}, r"relevance must have shape \(N, D\), \(N, H, W\) or \(N, H, W, C\), got \(3, 8, 8, 1, 1\)"),
         (np.zeros((0, 8, 8)), {}, "relevance is empty"),
         (np.full((3, 8, 8), np.nan), {}, "relevance contains NaN or infinite values"),
-        (np.zeros((3, 8, 8)), {"downsample": 3}, r"downsample must be a positive int dividing 8×8 \(one of \[1, 2, 4, 8\]\), got 3"),
-        (np.zeros((3, 8, 8)), {"downsample": 0}, "downsample must be a positive int"),
+        (np.zeros((3, 8, 8)), {"downsample": 9}, r"downsample must be an int from 1 to 8 \(the side of the maps\), got 9"),
+        (np.zeros((3, 8, 8)), {"downsample": 0}, "downsample must be an int from 1 to 8"),
+        (np.zeros((3, 8, 8)), {"downsample": 2.0}, "downsample must be an int"),
     ],
 )
 def test_normalized_maps_refuses_bad_maps(maps, options, message):
@@ -117,13 +129,33 @@ def test_spray_finds_one_cluster_in_maps_of_one_kind():
         ({"max_clusters": 1}, "max_clusters must be an int from 2 to 79"),
         ({"n_clusters": 0}, "n_clusters must be None or an int from 1 to 79"),
         ({"n_clusters": 2.5}, "n_clusters must be None or an int"),
-        ({"downsample": 5}, "downsample must be a positive int dividing 16×16"),
+        ({"downsample": 17}, "downsample must be an int from 1 to 16"),
     ],
 )
 def test_spray_refuses_bad_settings(options, message):
     maps, _ = planted_maps()
     with pytest.raises(ValueError, match=message):
         analysis.spray(maps, **options)
+
+
+def test_spray_finds_a_small_cue_on_top_of_a_shared_pattern_in_maps_of_any_size():
+    # The Clever Hans case: every map shows the class's common evidence, some add a small blob.
+    rng = np.random.default_rng(4)
+    for side, sizes in ((27, (150, 50)), (28, (100, 60, 40)), (13, (40, 40))):
+        rows, cols = np.mgrid[:side, :side]
+        common = np.exp(-((rows - side / 2) ** 2 + (cols - side / 2) ** 2) / (2 * (side / 5) ** 2))
+        maps, truth = [], []
+        for group, count in enumerate(sizes):
+            for _ in range(count):
+                shown = common + 0.2 * rng.standard_normal((side, side))
+                if group:
+                    r, c = [(1, 1), (1, side - 4)][group - 1]
+                    shown[r : r + 3, c : c + 3] += 1.0
+                maps.append(shown)
+                truth.append(group)
+        result = analysis.spray(np.array(maps))
+        assert result.n_clusters == len(sizes), side
+        assert analysis.purity(result.labels, truth) == 1.0, side
 
 
 def test_spray_refuses_too_few_maps_and_maps_of_different_shapes():

@@ -60,42 +60,56 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
+def _block_means(maps: np.ndarray, size: int) -> np.ndarray:
+    """Means over ``size``×``size`` blocks of maps ``(N, H, W)``; blocks at the bottom and right
+    edges that the image does not fill are averaged over the pixels they hold."""
+    n, height, width = maps.shape
+    rows, cols = -(-height // size) * size, -(-width // size) * size
+    padded = np.full((n, rows, cols), np.nan)
+    padded[:, :height, :width] = maps
+    blocks = padded.reshape(n, rows // size, size, cols // size, size)
+    counts = np.isfinite(blocks).sum(axis=(2, 4))
+    return np.nansum(blocks, axis=(2, 4)) / counts
+
+
 def normalized_maps(relevance: Any, *, downsample: int = 1) -> np.ndarray:
     """Maps as comparable feature vectors: channels summed, pooled, scaled to unit length.
 
     Each map is summed over its channels (relevance is additive), averaged over
     ``downsample``×``downsample`` blocks (SpRAy's downsampling, which makes the comparison
-    tolerant to small shifts), flattened and divided by its Euclidean norm, so that maps are
-    compared by their shape and not by the size of the score they explain. An all-zero map stays
-    zero.
+    tolerant to small shifts; blocks at the edges that the map does not fill average the pixels
+    they hold), flattened and divided by its Euclidean norm, so that maps are compared by their
+    shape and not by the size of the score they explain. An all-zero map stays zero.
 
     Parameters
     ----------
     relevance
-        Maps ``(N, H, W)`` or ``(N, H, W, C)``, finite.
+        Maps ``(N, H, W)`` or ``(N, H, W, C)``, or relevance vectors ``(N, D)`` (of tabular
+        features, pooled in runs of ``downsample``), finite.
     downsample
-        The side of the pooling blocks; it must divide ``H`` and ``W``.
+        The side of the pooling blocks, from 1 (no pooling) to the side of the maps.
 
     Returns
     -------
     numpy.ndarray
-        float64, shape ``(N, H // downsample * W // downsample)``.
+        float64, shape ``(N, ceil(H / downsample) * ceil(W / downsample))``.
     """
     maps = np.asarray(relevance, dtype=np.float64)
     if maps.ndim == 4:
         maps = maps.sum(axis=-1)
+    if maps.ndim == 2:
+        maps = maps[:, None, :]
     if maps.ndim != 3:
-        raise ValueError(f"relevance must have shape (N, H, W) or (N, H, W, C), got {maps.shape}")
+        raise ValueError(f"relevance must have shape (N, D), (N, H, W) or (N, H, W, C), got {maps.shape}")
     if len(maps) == 0:
         raise ValueError("relevance is empty (0 maps)")
     if not np.isfinite(maps).all():
         raise ValueError("relevance contains NaN or infinite values")
-    n, height, width = maps.shape
-    if not isinstance(downsample, (int, np.integer)) or downsample < 1 or height % downsample or width % downsample:
-        divisors = [d for d in range(1, min(height, width) + 1) if height % d == 0 and width % d == 0]
-        raise ValueError(f"downsample must be a positive int dividing {height}×{width} (one of {divisors}), got {downsample!r}")
-    pooled = maps.reshape(n, height // downsample, downsample, width // downsample, downsample).mean(axis=(2, 4))
-    flat = pooled.reshape(n, -1)
+    longest = max(maps.shape[1:])
+    if isinstance(downsample, (bool, np.bool_)) or not isinstance(downsample, (int, np.integer)) or not 1 <= downsample <= longest:
+        raise ValueError(f"downsample must be an int from 1 to {longest} (the side of the maps), got {downsample!r}")
+    pooled = _block_means(maps, int(downsample)) if downsample > 1 else maps
+    flat = pooled.reshape(len(maps), -1)
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
     return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 0)
 
