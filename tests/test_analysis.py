@@ -161,8 +161,10 @@ def test_spray_finds_a_small_cue_on_top_of_a_shared_pattern_in_maps_of_any_size(
 def test_spray_refuses_too_few_maps_and_maps_of_different_shapes():
     with pytest.raises(ValueError, match="spray needs at least 3 maps, got 2"):
         analysis.spray(np.ones((2, 4, 4)))
-    with pytest.raises(ValueError):  # NumPy cannot stack maps of different shapes
+    with pytest.raises(ValueError, match=r"the maps have different shapes: map 2 has shape \(5, 5\), map 0 has \(4, 4\)"):
         analysis.spray([np.ones((4, 4)), np.ones((4, 4)), np.ones((5, 5))])
+    with pytest.raises(ValueError, match="the maps have different shapes"):
+        analysis.group_means([np.ones((4, 4)), np.ones((4, 5))], [0, 1])
 
 
 def test_purity():
@@ -229,6 +231,20 @@ def test_contrastive_copy_scores_are_differences_and_the_model_is_untouched(relu
     np.testing.assert_allclose(unn.attribution.predict_logits(copy, x), scores - scores[:, 4:5], rtol=1e-5, atol=1e-5)
     for before, after in zip(weights, relu_model.get_weights()):
         np.testing.assert_array_equal(before, after)
+
+
+def test_a_contrastive_copy_follows_the_weights_the_model_has_now(make_dense_net, digits):
+    x, labels = digits
+    model = make_dense_net(seed=6, name="changing")
+    versus = (labels + 1) % 10
+    before = analysis.explain_contrast(model, x, "gradient", labels, versus)
+    assert analysis.contrastive_copy(model, 2) is analysis.contrastive_copy(model, 2)  # made once
+    model.set_weights([2.0 * w for w in model.get_weights()])
+    after = analysis.explain_contrast(model, x, "gradient", labels, versus)
+    fresh = make_dense_net(seed=6, name="fresh")
+    fresh.set_weights(model.get_weights())
+    np.testing.assert_allclose(after, analysis.explain_contrast(fresh, x, "gradient", labels, versus), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(after, before)
 
 
 @pytest.mark.parametrize("method", ["lrp.z", "gradient_x_input", "integrated_gradients"])

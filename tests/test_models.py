@@ -355,6 +355,14 @@ def test_right_reasons_penalty_is_zero_when_the_region_has_no_gradient_and_grows
     assert 0.0 < penalties[0] < penalties[1] < penalties[2]
 
 
+def test_the_penalty_refuses_a_region_outside_the_image_or_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"box \(20, 20, 30, 30\) .* is not a non-empty box inside the 28×28 image"):
+        models.train("mlp", TrainingConfig(epochs=1, penalty=models.RightReasons(box=(20, 20, 30, 30))))
+    x = np.zeros((2, 6), np.float32)
+    with pytest.raises(ValueError, match=r"region has shape \(5,\), which does not broadcast against the inputs' shape \(2, 6\)"):
+        models.right_reasons_penalty(_linear_model(np.ones((6, 3))), x, np.ones(5, np.float32))
+
+
 def test_training_with_the_penalty_makes_the_model_insensitive_inside_the_region():
     mark = data.Mark(digits=7, fraction=1.0)
     corner = models.RightReasons(box=(0, 0, 5, 5), weight=10.0)

@@ -25,6 +25,7 @@ References: Lapuschkin, Wäldchen, Binder, Montavon, Samek and Müller, *Nature 
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,16 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Maps as feature vectors
 # --------------------------------------------------------------------------------------------
+
+
+def _as_array(relevance: Any) -> np.ndarray:
+    """The maps as one float64 array, with a clear error for a list of maps of different shapes."""
+    if isinstance(relevance, (list, tuple)):
+        shapes = [np.shape(m) for m in relevance]
+        odd = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), None)
+        if odd is not None:
+            raise ValueError(f"the maps have different shapes: map {odd} has shape {shapes[odd]}, map 0 has {shapes[0]}")
+    return np.asarray(relevance, dtype=np.float64)
 
 
 def _block_means(maps: np.ndarray, size: int) -> np.ndarray:
@@ -94,7 +105,7 @@ def normalized_maps(relevance: Any, *, downsample: int = 1) -> np.ndarray:
     numpy.ndarray
         float64, shape ``(N, ceil(H / downsample) * ceil(W / downsample))``.
     """
-    maps = np.asarray(relevance, dtype=np.float64)
+    maps = _as_array(relevance)
     if maps.ndim == 4:
         maps = maps.sum(axis=-1)
     if maps.ndim == 2:
@@ -306,7 +317,7 @@ def group_means(relevance: Any, groups: Any, *, normalize: bool = True) -> tuple
     tuple of numpy.ndarray
         ``(names, means)``: the groups in sorted order and their mean maps ``(G, H, W)``.
     """
-    maps = np.asarray(relevance, dtype=np.float64)
+    maps = _as_array(relevance)
     if maps.ndim == 4:
         maps = maps.sum(axis=-1)
     if maps.ndim != 3:
@@ -376,6 +387,11 @@ def _logit_layer(model: keras.Model) -> keras.layers.Dense:
     return last
 
 
+# One copy per model and class c', kept while the model lives, so that repeated contrasts reuse
+# the copy's compiled functions; its weights are refreshed from the model on every use.
+_CONTRAST_COPIES: weakref.WeakKeyDictionary[keras.Model, dict[int, keras.Model]] = weakref.WeakKeyDictionary()
+
+
 def contrastive_copy(model: keras.Model, versus: int) -> keras.Model:
     """A copy of ``model`` whose class score :math:`k` is :math:`S_k(x) - S_{c'}(x)`, with
     :math:`c'` = ``versus``.
@@ -383,12 +399,17 @@ def contrastive_copy(model: keras.Model, versus: int) -> keras.Model:
     The difference is folded into the last Dense layer, :math:`w'_k = w_k - w_{c'}` and
     :math:`b'_k = b_k - b_{c'}`, so the copy has the same layers as the model and every method
     of :func:`~understanding_nn.explain` applies to it exactly as to the model (CAM included:
-    its weights are the last layer's). The model is not changed.
+    its weights are the last layer's). The model is not changed. The copy is made once per model
+    and class and its weights are set from the model's current weights on every call, so a model
+    trained further in between is never explained with stale weights.
     """
     last = _logit_layer(model)
     n_classes = int(model.outputs[0].shape[-1])
     versus = int(class_indices(versus, 1, n_classes)[0])
-    copy = keras.models.clone_model(model)
+    copies = _CONTRAST_COPIES.setdefault(model, {})
+    if versus not in copies:
+        copies[versus] = keras.models.clone_model(model)
+    copy = copies[versus]
     copy.set_weights(model.get_weights())
     kernel = np.asarray(last.kernel)
     copied = copy.layers[-1]

@@ -356,6 +356,14 @@ def right_reasons_penalty(model: keras.Model, x: tf.Tensor, region: tf.Tensor, *
     0.0
     """
     x = tf.convert_to_tensor(x, dtype=tf.float32)
+    try:
+        region_shape = tuple(region.shape) if hasattr(region, "shape") else np.shape(region)
+        np.broadcast_shapes(region_shape, tuple(1 if d is None else d for d in x.shape))
+    except ValueError:
+        raise ValueError(
+            f"region has shape {region_shape}, which does not broadcast against the inputs' "
+            f"shape {tuple(x.shape)}; give a mask shaped like one input, e.g. (1, 28, 28, 1)"
+        ) from None
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = model(x, training=training)
