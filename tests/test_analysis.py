@@ -296,3 +296,12 @@ def test_explain_contrast_refuses_bad_targets_and_models(relu_model, conv_model,
         analysis.explain_contrast(conv_head, x, "gradient", labels, 0)
     with pytest.raises(ValueError, match="x has shape"):
         analysis.explain_contrast(relu_model, x[:, :10], "gradient", labels, 0)
+
+
+def test_spray_on_many_maps_finds_the_same_eigenvalues_with_the_sparse_solver(monkeypatch):
+    maps, groups = planted_maps((40, 30, 20), noise=0.3)
+    dense = analysis.spray(maps)
+    monkeypatch.setattr(analysis, "_DENSE_EIGENSOLVE", 0)
+    sparse = analysis.spray(maps)
+    np.testing.assert_allclose(sparse.eigenvalues, dense.eigenvalues, atol=1e-8)
+    np.testing.assert_array_equal(sparse.labels, dense.labels)
