@@ -269,6 +269,13 @@ def test_versus_none_is_the_runner_up_and_target_none_the_prediction(relu_model,
     default = analysis.explain_contrast(relu_model, x, "gradient")
     explicit = analysis.explain_contrast(relu_model, x, "gradient", ranked[:, 0], ranked[:, 1])
     np.testing.assert_array_equal(default, explicit)
+    # For a target that is not the prediction, the rival is the best of the other classes.
+    target = ranked[:, 1]
+    np.testing.assert_array_equal(analysis.runner_up(relu_model, x, target), ranked[:, 0])
+    target = ranked[:, 5]
+    np.testing.assert_array_equal(analysis.runner_up(relu_model, x, target), ranked[:, 0])
+    against_rival = analysis.explain_contrast(relu_model, x, "gradient", ranked[:, 1])
+    np.testing.assert_array_equal(against_rival, analysis.explain_contrast(relu_model, x, "gradient", ranked[:, 1], ranked[:, 0]))
 
 
 def test_explain_contrast_strips_a_final_softmax(make_dense_net, digits):

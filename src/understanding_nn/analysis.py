@@ -437,10 +437,17 @@ def contrastive_copy(model: keras.Model, versus: int) -> keras.Model:
     return copy
 
 
-def runner_up(model: keras.Model, x: Any, *, batch_size: int = 256) -> np.ndarray:
-    """The class with the second-highest score for each sample of ``x`` (int32, shape ``(N,)``)."""
-    logits = predict_logits(model, validate_input(model, x), batch_size=batch_size)
-    return np.argsort(-logits, axis=1, kind="stable")[:, 1].astype(np.int32)
+def runner_up(model: keras.Model, x: Any, target: Target = None, *, batch_size: int = 256) -> np.ndarray:
+    """The strongest rival of ``target`` for each sample of ``x``: the class with the highest
+    score other than ``target`` (int32, shape ``(N,)``).
+
+    With ``target=None`` (the predicted class) it is the class with the second-highest score.
+    """
+    x = validate_input(validate_model(model), x)
+    logits = predict_logits(model, x, batch_size=batch_size)
+    target = np.argmax(logits, axis=1) if target is None else class_indices(target, len(x), logits.shape[1])
+    logits[np.arange(len(x)), target] = -np.inf
+    return np.argmax(logits, axis=1).astype(np.int32)
 
 
 def explain_contrast(
@@ -454,10 +461,13 @@ def explain_contrast(
     """Explain why each sample is ``target`` *rather than* ``versus``: the explanation of the
     score difference :math:`S_c(x) - S_{c'}(x)` by ``method``.
 
-    For a method that is linear in the explained score (the gradient, gradient × input,
-    integrated gradients, LRP-0 on a bias-free ReLU network, CAM, Grad-CAM without its ReLU), this
-    is the difference of the two classes' explanations; for the others it is the method applied
-    to the difference, which is what "why :math:`c` and not :math:`c'`" asks. It runs
+    For a method that is linear in the score it starts from (the gradient, gradient × input,
+    integrated gradients, DeepLIFT, LRP-0 and the LRP presets whose rule at the last layer is
+    LRP-0 such as ``lrp.composite``, CAM, Grad-CAM without its ReLU), this is the difference of
+    the two classes' explanations; for the others (LRP-ε's stabiliser at the last layer, the
+    squared or absolute gradients, the ReLU of Grad-CAM) it is the method applied to the
+    difference, which is what "why :math:`c` and not :math:`c'`" asks. Conservation,
+    :math:`\\sum_i R_i = S_c - S_{c'}`, needs a method and a network that conserve. It runs
     :func:`~understanding_nn.explain` on :func:`contrastive_copy` once per class ``versus``
     takes.
 
@@ -468,9 +478,9 @@ def explain_contrast(
     target
         The class :math:`c` (an int, one per sample, or ``None`` for the predicted class).
     versus
-        The class :math:`c'` (an int, one per sample, or ``None`` for each sample's runner-up,
-        the class with the second-highest score). It must differ from ``target`` for every
-        sample.
+        The class :math:`c'` (an int, one per sample, or ``None`` for the strongest rival of
+        ``target``, the highest-scoring other class: :func:`runner_up`). It must differ from
+        ``target`` for every sample.
 
     Returns
     -------
@@ -484,7 +494,7 @@ def explain_contrast(
     if target is None:
         target = np.argmax(predict_logits(model, x, batch_size=batch_size), axis=1)
     target = class_indices(target, len(x), n_classes)
-    versus = runner_up(model, x, batch_size=batch_size) if versus is None else class_indices(versus, len(x), n_classes)
+    versus = runner_up(model, x, target, batch_size=batch_size) if versus is None else class_indices(versus, len(x), n_classes)
     same = np.flatnonzero(target == versus)
     if len(same):
         raise ValueError(
