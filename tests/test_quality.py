@@ -1168,3 +1168,35 @@ def test_interval_cells_format_every_column_and_str_joins_them():
     several = metrics.Interval(np.array([0.5, -2.0]), np.array([0.25, -3.0]), np.array([0.75, -1.0]), 0.95)
     assert several.cells(".1f") == ["0.5 [0.2, 0.8]", "-2.0 [-3.0, -1.0]"]
     assert str(several) == "0.5 [0.25, 0.75]; -2 [-3, -1]"
+
+
+# --------------------------------------------------------------------------------------------
+# AUROC with its interval (Part VI)
+# --------------------------------------------------------------------------------------------
+
+
+def test_auroc_interval_matches_scikit_learn_and_contains_its_estimate():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    positive = rng.random(80) < 0.3
+    scores = rng.normal(size=80) + positive + np.round(rng.random(80), 1)  # some ties
+    interval = metrics.auroc_interval(scores, positive, seed=1)
+    assert interval.estimate == pytest.approx(roc_auc_score(positive, scores))
+    assert interval.low <= interval.estimate <= interval.high and interval.confidence == 0.95
+    again = metrics.auroc_interval(scores, positive, seed=1)
+    assert (again.low, again.high) == (interval.low, interval.high)
+    wider = metrics.auroc_interval(scores, positive, seed=1, confidence=0.99)
+    assert wider.low <= interval.low and wider.high >= interval.high
+    # Perfectly separated groups: every resample is separated too.
+    perfect = metrics.auroc_interval(np.r_[np.ones(5), np.zeros(7)], np.r_[np.ones(5, bool), np.zeros(7, bool)])
+    assert (perfect.estimate, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
+
+
+def test_auroc_interval_refuses_bad_input():
+    with pytest.raises(ValueError, match="need positive and negative samples, got 3 positive and 0 negative"):
+        metrics.auroc_interval([1.0, 2.0, 3.0], [True, True, True])
+    with pytest.raises(ValueError, match="positive be booleans of the same shape"):
+        metrics.auroc_interval([1.0, 2.0, 3.0], [1, 0, 1])
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        metrics.auroc_interval([1.0, np.nan], [True, False])
