@@ -94,6 +94,10 @@ def test_spray_recovers_planted_groups_and_the_eigengap_finds_their_number(sizes
     assert (result.eigenvalues[: len(sizes)] < 1e-6).all()
     assert np.all(np.diff(result.eigenvalues) >= -1e-12)
     assert result.features.shape == (sum(sizes), 64)
+    # The graph: symmetric, 0/1, at least n_neighbors edges per map, none across the groups here.
+    graph = result.affinity.toarray()
+    assert (graph == graph.T).all() and set(np.unique(graph)) == {0.0, 1.0} and (graph.sum(axis=1) >= 10).all()
+    assert not graph[np.ix_(groups == 0, groups != 0)].any()
 
 
 def test_spray_is_deterministic_with_its_seed_and_takes_maps_with_or_without_channels():

@@ -154,12 +154,15 @@ class Spray:
         the largest :math:`\\lambda_{k+1} - \\lambda_k`.
     features
         The normalised, downsampled maps the graph was built from (:func:`normalized_maps`).
+    affinity
+        The graph: a sparse symmetric ``(N, N)`` matrix (SciPy), 1 where two maps are joined.
     """
 
     labels: np.ndarray
     n_clusters: int
     eigenvalues: np.ndarray
     features: np.ndarray
+    affinity: Any
 
     def sizes(self) -> np.ndarray:
         """The number of maps in each cluster."""
@@ -285,7 +288,7 @@ def spray(
             labels = clustering.fit_predict(affinity)
         by_size = np.argsort(-np.bincount(labels, minlength=n_clusters), kind="stable")
         labels = np.argsort(by_size)[labels].astype(np.int64)
-    return Spray(labels, int(n_clusters), eigenvalues, features)
+    return Spray(labels, int(n_clusters), eigenvalues, features, affinity)
 
 
 def purity(clusters: Any, truth: Any) -> float:
