@@ -369,8 +369,8 @@ def test_training_with_the_penalty_makes_the_model_insensitive_inside_the_region
     plain, _ = models.train("mlp", TrainingConfig(epochs=1, cue=mark))
     corrected, card = models.train("mlp", TrainingConfig(epochs=1, cue=mark, penalty=corner))
     x = data.marked_mnist("test", data.Mark(digits="all")).images[:200]
-    region = np.zeros((1, 28, 28, 1), np.float32)
-    region[:, :5, :5] = 1.0
+    region = corner.region((28, 28, 1))
+    assert region.shape == (1, 28, 28, 1) and region.sum() == 25 and region[0, :5, :5].all()
     before = float(models.right_reasons_penalty(plain, x, region)[0])
     after = float(models.right_reasons_penalty(corrected, x, region)[0])
     assert after < 0.01 * before

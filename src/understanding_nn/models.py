@@ -284,7 +284,15 @@ class RightReasons:
     """
 
     box: tuple[int, int, int, int] = _data.MARK_BOX
-    weight: float = 100.0
+    weight: float = 1.0
+
+    def region(self, sample_shape: tuple[int, ...]) -> np.ndarray:
+        """The mask :math:`A` for inputs of ``sample_shape`` ``(H, W, C)``: float32, shape
+        ``(1, H, W, C)``, 1 inside ``box`` and 0 outside (refused if the box leaves the image)."""
+        top, left, bottom, right = _data._check_box(self.box, tuple(sample_shape[:2]))
+        mask = np.zeros((1, *sample_shape), dtype=np.float32)
+        mask[:, top:bottom, left:right, ...] = 1.0
+        return mask
 
 
 @dataclass(frozen=True)
@@ -386,10 +394,7 @@ def fit_classifier(model: keras.Model, training: TrainingConfig) -> dict[str, An
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     penalty = training.penalty
     if penalty is not None:
-        top, left, bottom, right = _data._check_box(penalty.box, x_train.shape[1:3])
-        region = np.zeros((1, *x_train.shape[1:]), dtype=np.float32)
-        region[:, top:bottom, left:right, :] = 1.0
-        region = tf.constant(region)
+        region = tf.constant(penalty.region(x_train.shape[1:]))
 
     @tf.function(reduce_retracing=True)
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
