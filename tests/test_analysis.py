@@ -79,7 +79,7 @@ def test_normalized_maps_refuses_bad_maps(maps, options, message):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sizes", [(40, 25, 15), (30, 30), (20, 20, 20, 20)])
+@pytest.mark.parametrize("sizes", [(40, 25, 15), (30, 30), (20, 20, 20, 20), (8, 8, 8), (6, 6, 6, 6), (60, 50, 40)])
 def test_spray_recovers_planted_groups_and_the_eigengap_finds_their_number(sizes):
     maps, groups = planted_maps(sizes)
     result = analysis.spray(maps, downsample=2)
@@ -96,7 +96,8 @@ def test_spray_recovers_planted_groups_and_the_eigengap_finds_their_number(sizes
     assert result.features.shape == (sum(sizes), 64)
     # The graph: symmetric, 0/1, at least n_neighbors edges per map, none across the groups here.
     graph = result.affinity.toarray()
-    assert (graph == graph.T).all() and set(np.unique(graph)) == {0.0, 1.0} and (graph.sum(axis=1) >= 10).all()
+    neighbours = min(10, max(3, sum(sizes) // 10))  # the default: a tenth of fewer than 100 maps
+    assert (graph == graph.T).all() and set(np.unique(graph)) == {0.0, 1.0} and (graph.sum(axis=1) >= neighbours).all()
     assert not graph[np.ix_(groups == 0, groups != 0)].any()
 
 
@@ -108,6 +109,21 @@ def test_spray_is_deterministic_with_its_seed_and_takes_maps_with_or_without_cha
     np.testing.assert_array_equal(first.eigenvalues, again.eigenvalues)
     without_channels = analysis.spray(maps[..., 0], seed=1)
     np.testing.assert_array_equal(first.labels, without_channels.labels)
+
+
+def test_spray_finds_ten_planted_groups_like_the_classes_of_a_digit_data_set():
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[:20, :20]
+    maps, groups = [], []
+    for group in range(10):
+        blob = np.exp(-((rows - 3 - group // 5 * 10) ** 2 + (cols - 2 - group % 5 * 4) ** 2) / 4.0)
+        maps += [blob + 0.2 * rng.standard_normal((20, 20)) for _ in range(15)]
+        groups += [group] * 15
+    result = analysis.spray(np.array(maps))
+    assert result.n_clusters == 10 and len(result.eigenvalues) == 13
+    assert analysis.purity(result.labels, groups) == 1.0 and analysis.purity(groups, result.labels) == 1.0
+    # With few maps the defaults shrink: 4 maps, at most 3 clusters, 3 neighbours.
+    assert len(analysis.spray(np.array(maps[:4])).eigenvalues) == 4
 
 
 def test_spray_with_a_given_number_of_clusters():

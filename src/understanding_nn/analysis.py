@@ -177,6 +177,8 @@ def _affinity(features: np.ndarray, n_neighbors: int) -> Any:
     return graph.maximum(graph.T)
 
 
+_NEIGHBOURS = 10  # the affinity graph's neighbours per map, for 100 maps or more
+_MAX_CLUSTERS = 12
 _DENSE_EIGENSOLVE = 1500  # up to this many maps a dense solve is quicker and exact
 
 
@@ -205,9 +207,9 @@ def spray(
     relevance: Any,
     *,
     n_clusters: int | None = None,
-    max_clusters: int = 8,
+    max_clusters: int | None = None,
     downsample: int = 2,
-    n_neighbors: int = 10,
+    n_neighbors: int | None = None,
     seed: int = 0,
 ) -> Spray:
     """Spectral relevance analysis (SpRAy; Lapuschkin et al. 2019): cluster the explanations of
@@ -235,11 +237,15 @@ def spray(
     n_clusters
         The number of clusters; ``None`` chooses it by the eigengap.
     max_clusters
-        The largest number the eigengap may choose (at most ``N - 1``).
+        The largest number the eigengap may choose, at most ``N - 1``; ``None`` takes 12 (or
+        ``N - 1``), enough for the ten classes of a digit data set and a few more.
     downsample
         Passed to :func:`normalized_maps`.
     n_neighbors
-        The neighbours of each map in the affinity graph.
+        The neighbours of each map in the affinity graph; ``None`` takes 10, or a tenth of the
+        maps (at least 3) when there are fewer than 100. A group of fewer maps than this is
+        joined to its neighbours by most of its edges and cannot come out as a cluster of its
+        own: lower ``n_neighbors`` to look for small groups.
     seed
         Seeds the eigenvector solver of the clustering, so that a call is reproducible.
 
@@ -265,6 +271,10 @@ def spray(
     n = len(features)
     if n < 3:
         raise ValueError(f"spray needs at least 3 maps, got {n}")
+    if n_neighbors is None:
+        n_neighbors = min(_NEIGHBOURS, max(3, n // 10), n - 1)
+    if max_clusters is None:
+        max_clusters = min(_MAX_CLUSTERS, n - 1)
     if not isinstance(n_neighbors, (int, np.integer)) or not 1 <= n_neighbors < n:
         raise ValueError(f"n_neighbors must be an int from 1 to {n - 1} (one less than the maps), got {n_neighbors!r}")
     if not isinstance(max_clusters, (int, np.integer)) or not 2 <= max_clusters < n:
