@@ -178,7 +178,7 @@ def _affinity(features: np.ndarray, n_neighbors: int) -> Any:
 
 
 _NEIGHBOURS = 10  # the affinity graph's neighbours per map, for 100 maps or more
-_MAX_CLUSTERS = 12
+_MAX_CLUSTERS = 8
 _DENSE_EIGENSOLVE = 1500  # up to this many maps a dense solve is quicker and exact
 
 
@@ -237,8 +237,9 @@ def spray(
     n_clusters
         The number of clusters; ``None`` chooses it by the eigengap.
     max_clusters
-        The largest number the eigengap may choose, at most ``N - 1``; ``None`` takes 12 (or
-        ``N - 1``), enough for the ten classes of a digit data set and a few more.
+        The largest number the eigengap may choose, at most ``N - 1``; ``None`` takes 8 (or
+        ``N - 1``). Raise it to look for more groups, and check the spectrum: on maps that vary
+        continuously, a late gap can be the largest by chance (chapter 6.1 shows one).
     downsample
         Passed to :func:`normalized_maps`.
     n_neighbors
