@@ -131,6 +131,16 @@ def test_bad_targets_raise_clear_errors(relu_model, images, target, error, messa
         unn.explain(relu_model, images[:3], "gradient", target)
 
 
+def test_labels_in_a_column_are_one_label_per_sample(relu_model, images):
+    labels = np.array([3, 0, 7], dtype=np.int64)
+    as_column = unn.explain(relu_model, images[:3], "gradient", labels[:, None])
+    np.testing.assert_array_equal(as_column, unn.explain(relu_model, images[:3], "gradient", labels))
+    with pytest.raises(TypeError, match=r"got dtype float64$"):  # no one-hot hint for a column
+        unn.explain(relu_model, images[:3], "gradient", labels[:, None].astype(float))
+    with pytest.raises(ValueError, match=r"target has shape \(2, 1\)"):
+        unn.explain(relu_model, images[:3], "gradient", labels[:2, None])
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------

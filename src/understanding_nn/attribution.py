@@ -225,8 +225,8 @@ def resolve_target(
 
 
 def class_indices(target: Target, n_samples: int, n_classes: int) -> np.ndarray:
-    """Check an explicit ``target`` (an int, or one class index per sample) and return it as
-    ``n_samples`` int32 class indices in ``0 .. n_classes - 1``."""
+    """Check an explicit ``target`` (an int, or one class index per sample, shape ``(N,)`` or a
+    column ``(N, 1)``) and return it as ``n_samples`` int32 class indices in ``0 .. n_classes - 1``."""
     if isinstance(target, tf.Tensor):
         target = target.numpy()
     if isinstance(target, (bool, np.bool_)):
@@ -235,7 +235,11 @@ def class_indices(target: Target, n_samples: int, n_classes: int) -> np.ndarray:
         indices = np.full(n_samples, int(target))
     else:
         indices = np.asarray(target)
-        one_hot_hint = " (one-hot labels? use labels.argmax(axis=1))" if indices.ndim == 2 else ""
+        if indices.shape == (n_samples, 1):
+            indices = indices[:, 0]  # one label per row, in a column, as many data sets store them
+        one_hot_hint = (
+            " (one-hot labels? use labels.argmax(axis=1))" if indices.ndim == 2 and indices.shape[1] > 1 else ""
+        )
         if indices.dtype.kind not in "iu":
             raise TypeError(f"target must hold integer class indices, got dtype {indices.dtype}{one_hot_hint}")
         if indices.shape != (n_samples,):
