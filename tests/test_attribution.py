@@ -340,7 +340,7 @@ def test_squashing_on_a_non_dense_last_layer_is_unsupported(images):
 
     inputs = keras.Input((28, 28, 1))
     model = keras.Model(inputs, Squash()(keras.layers.Dense(10)(keras.layers.Flatten()(inputs))))
-    with pytest.raises(unn.UnsupportedModelError, match=r"applies a softmax; only a Dense layer's or a separate activation layer's"):
+    with pytest.raises(unn.UnsupportedModelError, match=r"comes from layer 'squash.*' \(Squash\), which the package cannot trace to the model's logits"):
         unn.explain(model, images[:2], "gradient", 0)
 
 

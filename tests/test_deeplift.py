@@ -82,9 +82,10 @@ def test_rescale_differs_from_the_gradient_at_a_saturated_relu():
     model.layers[1].set_weights([np.ones((2, 1)), np.array([-1.0])])
     model.layers[2].set_weights([np.ones((1, 1))])
     x = np.array([[0.4, 0.4]], dtype=np.float32)
-    contributions = unn.explain(model, x, "deeplift", target=0, reference=np.array([1.0, 1.0]))
+    # One logit: target 1 explains the logit itself (target 0 its negative, the other class).
+    contributions = unn.explain(model, x, "deeplift", target=1, reference=np.array([1.0, 1.0]))
     np.testing.assert_allclose(contributions, [[-0.5, -0.5]], atol=1e-6)
-    assert np.abs(unn.explain(model, x, "gradient", target=0)).max() == 0
+    assert np.abs(unn.explain(model, x, "gradient", target=1)).max() == 0
 
 
 def test_batched_equals_per_sample(model, images):
@@ -120,6 +121,25 @@ def test_bad_blur_sigma_raises(model, images):
 
 def test_unsupported_layer_is_refused(images):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(10)])
-    with pytest.raises(unn.UnsupportedModelError, match="tanh"):
+    inputs = keras.Input((28, 28, 1))
+    flat = keras.layers.Flatten()(inputs)
+    gated = keras.layers.Multiply(name="the_gate")([keras.layers.Dense(5)(flat), keras.layers.Dense(5, activation="sigmoid")(flat)])
+    model = keras.Model(inputs, keras.layers.Dense(10)(gated))
+    with pytest.raises(unn.UnsupportedModelError, match="'the_gate' \\(Multiply\\) cannot be explained by deeplift"):
         unn.explain(model, images[:2], "deeplift", target=0)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "elu", "sigmoid", "softplus", "silu", "leaky_relu"])
+def test_summation_to_delta_through_any_elementwise_activation(images, activation):
+    """The Rescale rule makes every element-wise activation exact: Σ C = S_c(x) - S_c(x0)."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(16, activation=activation),
+                              keras.layers.Dense(8, activation=activation), keras.layers.Dense(10)])
+    reference = np.full((28, 28, 1), 0.3, np.float32)
+    targets = np.arange(8) % 10
+    contributions = unn.explain(model, images[:8], "deeplift", target=targets, reference=reference)
+    expected = delta(model, images[:8], np.broadcast_to(reference, images[:8].shape), targets)
+    np.testing.assert_allclose(contributions.sum(axis=(1, 2, 3)), expected, rtol=1e-4, atol=1e-5)
+    # The gradient would not be exact: DeepLIFT differs from gradient x (x - x0) (the check can fail).
+    gradient = unn.explain(model, images[:8], "gradient", target=targets, absolute=False)
+    assert not np.allclose(contributions, gradient * (images[:8] - reference), atol=1e-4)

@@ -37,15 +37,15 @@ def toy():
 )
 def test_backward_rules_on_the_two_by_two_toy(toy, rule, expected):
     model, x = toy
-    signal = relu_backward_pass(model, rule)(x, np.zeros(1, dtype=np.int32)).numpy()
+    signal = relu_backward_pass(model, rule)(x, np.ones(1, dtype=np.int32)).numpy()  # target 1: the single logit
     np.testing.assert_array_equal(signal[0, :, :, 0], expected)
 
 
 def test_registered_methods_give_the_toy_values(toy):
     model, x = toy
-    np.testing.assert_array_equal(unn.explain(model, x, "deconvnet", target=0)[0, :, :, 0], [[0, 0], [1, 1]])
-    np.testing.assert_array_equal(unn.explain(model, x, "guided_backprop", target=0)[0, :, :, 0], [[0, 0], [1, 0]])
-    np.testing.assert_array_equal(unn.explain(model, x, "gradient", target=0, absolute=False)[0, :, :, 0], [[0, -1], [1, 0]])
+    np.testing.assert_array_equal(unn.explain(model, x, "deconvnet", target=1)[0, :, :, 0], [[0, 0], [1, 1]])
+    np.testing.assert_array_equal(unn.explain(model, x, "guided_backprop", target=1)[0, :, :, 0], [[0, 0], [1, 0]])
+    np.testing.assert_array_equal(unn.explain(model, x, "gradient", target=1, absolute=False)[0, :, :, 0], [[0, -1], [1, 0]])
 
 
 def test_gradient_rule_of_the_backward_pass_equals_the_gradient(conv_model, images):

@@ -29,12 +29,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .propagation import UnsupportedModelError, trace
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "Target",
     "UnsupportedModelError",
     "batch_signature",
     "class_indices",
+    "class_scores",
     "compile_batch_function",
     "compile_function",
     "compiled",
@@ -43,6 +46,7 @@ __all__ = [
     "gaussian_blur",
     "logit_function",
     "methods",
+    "n_classes",
     "predict_logits",
     "predict_probabilities",
     "register",
@@ -59,9 +63,6 @@ Target = Union[int, Sequence[int], np.ndarray, None]
 
 _METHODS: dict[str, Callable[..., np.ndarray]] = {}
 
-
-class UnsupportedModelError(ValueError):
-    """The model (or one of its layers) cannot be explained by the requested method."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,11 +218,9 @@ def resolve_target(
 
     ``None`` means the predicted class, :math:`\\arg\\max_c S_c(x)`.
     """
-    n_samples = x.shape[0]
-    n_classes = int(model.outputs[0].shape[-1])
     if target is None:
-        return np.argmax(predict_logits(model, x, batch_size=batch_size), axis=1).astype(np.int32)
-    return class_indices(target, n_samples, n_classes)
+        return np.argmax(class_scores(model, x, batch_size=batch_size), axis=1).astype(np.int32)
+    return class_indices(target, x.shape[0], n_classes(model))
 
 
 def class_indices(target: Target, n_samples: int, n_classes: int) -> np.ndarray:
@@ -272,9 +271,6 @@ def _format_shape(shape: Sequence[int | None]) -> str:
 # its layers), so that a model that goes out of scope is freed together with its functions.
 _COMPILED: weakref.WeakKeyDictionary[keras.Model, dict[str, Any]] = weakref.WeakKeyDictionary()
 
-_SQUASHING = ("softmax", "sigmoid")
-
-
 def compiled(model: keras.Model, key: str, build: Callable[[], Any]) -> Any:
     """Return the function ``build()`` made for ``model`` under ``key``, building it once."""
     functions = _COMPILED.setdefault(model, {})
@@ -284,40 +280,22 @@ def compiled(model: keras.Model, key: str, build: Callable[[], Any]) -> Any:
 
 
 def logit_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A function mapping a batch to the model's logits :math:`S(x)`, in inference mode.
+    """A function mapping a batch to the model's logits :math:`z(x)`, in inference mode.
 
-    If the model ends in a softmax or sigmoid, either as the activation of its last Dense layer
-    or as a separate ``Activation``/``Softmax`` layer, that squashing is left out.
+    The logits are found from the model's graph (:func:`understanding_nn.propagation.trace`): a
+    final softmax, log-softmax or sigmoid is left out, whether it is a layer's activation (given
+    as a string, a ``keras.activations``, ``keras.ops`` or ``tf.nn`` function), a layer of its
+    own, a ``keras.ops`` call, or the last layer of a nested model. An output that cannot be
+    traced to its logits is refused with :class:`UnsupportedModelError`.
     """
     validate_model(model)
+    return trace(model).logits
 
-    def build() -> Callable[[tf.Tensor], tf.Tensor]:
-        last = model.layers[-1]
-        activation = getattr(last, "activation", None)
-        squashing = getattr(activation, "__name__", None) in _SQUASHING
-        if isinstance(last, keras.layers.Softmax) or (
-            isinstance(last, keras.layers.Activation) and squashing
-        ):
-            body = keras.Model(model.inputs, last.input)
-            return lambda x: body(x, training=False)
-        if squashing:
-            if not isinstance(last, keras.layers.Dense):
-                raise UnsupportedModelError(
-                    f"the last layer {last.name!r} ({type(last).__name__}) applies a "
-                    f"{activation.__name__}; only a Dense layer's or a separate activation "
-                    "layer's squashing can be removed to reach the logits"
-                )
-            body = keras.Model(model.inputs, last.input)
 
-            def dense_logits(x: tf.Tensor) -> tf.Tensor:
-                z = tf.matmul(body(x, training=False), last.kernel)
-                return z + last.bias if last.use_bias else z
-
-            return dense_logits
-        whole = keras.Model(model.inputs, model.outputs)
-        return lambda x: whole(x, training=False)
-
-    return compiled(model, "logits", build)
+def n_classes(model: keras.Model) -> int:
+    """The number of classes a target of ``model`` can name: one per logit, or 2 for a binary
+    classifier with a single logit (class 1 is the logit's class, class 0 the other)."""
+    return trace(validate_model(model)).n_classes
 
 
 def batch_signature(model: keras.Model, *, target: bool = True, references: int = 0) -> list[tf.TensorSpec]:
@@ -361,20 +339,35 @@ def predict_logits(model: keras.Model, x: Any, batch_size: int = DEFAULT_BATCH_S
     return np.concatenate([p.numpy() for p in parts], axis=0)
 
 
+def class_scores(model: keras.Model, x: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """The score :math:`S_c(x)` of every class, shape ``(N, n_classes)``: the logits, or for a
+    model with a single logit :math:`z`, the two columns :math:`(-z, z)`."""
+    logits = predict_logits(model, x, batch_size)
+    return np.concatenate([-logits, logits], axis=1) if trace(model).binary else logits
+
+
 def predict_probabilities(
     model: keras.Model, x: Any, target: Target = None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> np.ndarray:
-    """The class probabilities :math:`p(\\omega_c \\mid x)`, the softmax of the logits.
+    """The class probabilities :math:`p(\\omega_c \\mid x)`.
 
-    With ``target=None``, all of them, shape ``(N, n_classes)``; with a target (an int, or one
-    class per sample), the probability of that class for each sample, shape ``(N,)``.
+    The softmax of the logits; for a model with a single logit :math:`z`, the two classes
+    :math:`(1 - \\sigma(z), \\sigma(z))`; for a model whose outputs are sigmoids of several logits
+    (several labels at once), :math:`\\sigma(z_c)` for each. With ``target=None``, all of them,
+    shape ``(N, n_classes)``; with a target (an int, or one class per sample), the probability of
+    that class for each sample, shape ``(N,)``.
     """
-    logits = predict_logits(model, x, batch_size)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    logits = predict_logits(model, x, batch_size).astype(np.float64)
+    graph = trace(model)
+    if graph.binary or graph.squashing == "sigmoid":
+        positive = 1.0 / (1.0 + np.exp(-logits))
+        probabilities = np.concatenate([1.0 - positive, positive], axis=1) if graph.binary else positive
+    else:
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     if target is None:
         return probabilities
-    return probabilities[np.arange(len(logits)), class_indices(target, len(logits), logits.shape[1])]
+    return probabilities[np.arange(len(logits)), class_indices(target, len(logits), probabilities.shape[1])]
 
 
 def run_batched(
@@ -558,7 +551,7 @@ def explain_sliding(
             "explain_sliding needs the class to explain (an int or one class per canvas): "
             "a canvas has no single predicted class"
         )
-    targets = class_indices(target, n_canvases, int(model.outputs[0].shape[-1]))
+    targets = class_indices(target, n_canvases, n_classes(model))
 
     rows = _window_offsets(canvas_height, height, stride)
     cols = _window_offsets(canvas_width, width, stride)

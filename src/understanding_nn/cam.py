@@ -35,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .propagation import Graph, trace
 from .attribution import (
     DEFAULT_BATCH_SIZE,
     Target,
@@ -209,11 +210,11 @@ def _finish(
     return tf.tile(resized / channels, [1, 1, 1, channels])
 
 
-def _target_gradient(maps_and_logits: Callable, x: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _target_gradient(graph: Graph, maps_and_logits: Callable, x: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Feature maps :math:`A` and :math:`\\partial S_c / \\partial A`, for every sample's target."""
     with tf.GradientTape() as tape:
         maps, logits = maps_and_logits(x)
-        score = tf.gather(logits, target, axis=1, batch_dims=1)
+        score = graph.target_score(logits, target)
     return maps, tape.gradient(score, maps)
 
 
@@ -248,9 +249,10 @@ def _batch_function(model: keras.Model, method: str, layer: str | None, *, upsam
 
         else:
             maps_and_logits = _maps_and_logits(model, features)
+            graph = trace(model)
 
             def batch(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-                maps, grads = _target_gradient(maps_and_logits, x, target)
+                maps, grads = _target_gradient(graph, maps_and_logits, x, target)
                 if method == "grad_cam":
                     weights = tf.reduce_mean(grads, axis=(1, 2))
                 else:

@@ -2,25 +2,29 @@
 
 Chapter 2.6. DeepLIFT explains the *difference* of the target logit from its value at a
 reference input :math:`x_0`, :math:`\\Delta S_c = S_c(x) - S_c(x_0)`, by contributions
-:math:`C_i` that sum to it (*summation-to-delta*):
+:math:`C_i = m_i \\, (x_i - x_{0,i})`.
 
-.. math:: \\sum_i C_i = S_c(x) - S_c(x_0), \\qquad C_i = m_i \\, (x_i - x_{0,i}).
+The multipliers :math:`m` are propagated backwards like gradients, with the chain rule, by the
+shared backward pass of :mod:`understanding_nn.propagation`, but every element-wise step
+:math:`y = f(z)` (any activation, and a layer normalization with its statistics held constant)
+passes :math:`m_z = m_y \\cdot \\Delta y / \\Delta z` (the **Rescale rule**) instead of
+:math:`m_y \\cdot f'(z)`; where :math:`\\Delta z = 0` the derivative is used. Linear steps
+(Dense, convolutions, merges, affine maps, average pooling) and reshaping steps pass multipliers
+through their transpose.
 
-The multipliers :math:`m` are propagated backwards like gradients, with the chain rule, but a
-nonlinearity :math:`y = \\sigma(z)` passes :math:`m_z = m_y \\cdot \\Delta y / \\Delta z` (the
-**Rescale rule**) instead of :math:`m_y \\cdot \\sigma'(z)`; where :math:`\\Delta z = 0` the
-derivative is used. Linear layers (Dense, Conv2D, average pooling) pass multipliers through
-their transpose, so summation-to-delta holds exactly for networks of linear layers and ReLUs.
-Max-pooling passes multipliers to the maximum of each window at :math:`x`, as the gradient
-does; it is exact only where :math:`x` and :math:`x_0` have the same maxima.
-
-The network is walked with the same layer machinery as relevance propagation
-(:func:`understanding_nn.lrp.plan`), so the same layers are supported and the same ones refused.
+**Summation-to-delta**, :math:`\\sum_i C_i = \\Delta S_c`, then holds exactly for every network
+built from those steps, with any branching and any reference. Max-pooling is the exception: it
+passes multipliers to the maximum of each window at :math:`x`, as the gradient does, and the sum
+is exact only where :math:`x` and :math:`x_0` have their maxima at the same positions (a
+reference that is 0 where :math:`x` is positive, for instance, but not a blurred or uniform one).
+``Multiply``, ``Maximum`` and layers the package does not know are refused.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
@@ -37,9 +41,9 @@ from .attribution import (
     validate_input,
     validate_model,
 )
-from .lrp import Linear, Pool, plan, record_forward
+from .propagation import Composite, Gradient, Op, Pass, Record, Rule, backward, trace
 
-__all__ = ["deeplift"]
+__all__ = ["DeepLiftComposite", "Rescale", "deeplift"]
 
 
 def _rescale(delta_out: tf.Tensor, delta_in: tf.Tensor, derivative: tf.Tensor) -> tf.Tensor:
@@ -48,27 +52,49 @@ def _rescale(delta_out: tf.Tensor, delta_in: tf.Tensor, derivative: tf.Tensor) -
     return tf.where(close, derivative, delta_out / tf.where(close, tf.ones_like(delta_in), delta_in))
 
 
+@dataclass(frozen=True)
+class Rescale(Rule):
+    """The Rescale rule at an element-wise step :math:`y = f(z)`:
+    :math:`m_z = m_y \\, \\Delta y / \\Delta z`, with :math:`\\Delta z = z - z_0`,
+    :math:`\\Delta y = f(z) - f(z_0)`, and :math:`f'(z)` where :math:`\\Delta z = 0`."""
+
+    def applies_to(self, op: Op) -> bool:
+        return op.kind in ("relu", "activation", "layer_norm")
+
+    def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
+        if record.reference_inputs is None:
+            raise ValueError("the Rescale rule needs the forward pass at the reference input")
+        (z,), (z0,) = record.inputs, record.reference_inputs
+        ratio = _rescale(record.output - record.reference_output, z - z0, op.derivative(z))
+        return [signal * ratio]
+
+
+@dataclass(frozen=True)
+class DeepLiftComposite(Composite):
+    """DeepLIFT's rules: :class:`Rescale` at element-wise steps, the transpose elsewhere."""
+
+    method: ClassVar[str] = "DeepLIFT"
+
+    def kind_rules(self) -> Mapping[str, Rule | None]:
+        linear = Gradient()
+        return {
+            "dense": linear, "conv": linear, "merge": linear, "affine": linear, "reshape": linear,
+            "avg_pool": linear, "max_pool": linear, "identity": Pass(),
+            "relu": Rescale(), "activation": Rescale(), "layer_norm": Rescale(),
+        }
+
+
 def _multipliers(model: keras.Model) -> Any:
     """The compiled function ``(x, target, x0) -> C`` of ``model``."""
     validate_model(model)
 
     def build() -> Any:
-        steps = plan(model)
+        graph = trace(model)
+        rules = DeepLiftComposite().rules(graph, "deeplift")
 
         def contributions(x: tf.Tensor, target: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
-            inputs, relu_arguments, logits = record_forward(steps, x)
-            _, reference_arguments, _ = record_forward(steps, reference)
-            multiplier = tf.one_hot(target, tf.shape(logits)[1], dtype=logits.dtype)
-            backward = zip(reversed(steps), reversed(inputs), reversed(relu_arguments), reversed(reference_arguments))
-            for step, a, z, z0 in backward:
-                if z is not None:  # a ReLU: the Rescale rule
-                    multiplier = multiplier * _rescale(tf.nn.relu(z) - tf.nn.relu(z0), z - z0, tf.cast(z > 0, z.dtype))
-                if isinstance(step, Linear):
-                    multiplier = step.transpose(a, step.kernel, multiplier)
-                elif isinstance(step, Pool):
-                    multiplier = step.transpose(a, multiplier)
-                else:
-                    multiplier = tf.reshape(multiplier, tf.shape(a))
+            values, reference_values = graph.run(x), graph.run(reference)
+            multiplier = backward(graph, rules, values, graph.selector(target), reference_values)
             return multiplier * (x - reference)
 
         return compile_batch_function(model, contributions, references=1)
@@ -89,6 +115,10 @@ def deeplift(
     """DeepLIFT contributions with the Rescale rule.
 
     .. math:: C_i = m_i (x_i - x_{0,i}), \\qquad \\sum_i C_i = S_c(x) - S_c(x_0)
+
+    The sum holds exactly for networks without max-pooling (any branching, any reference); with
+    max-pooling only where :math:`x` and :math:`x_0` have the maxima of every window at the same
+    positions (see the module's docstring).
 
     Parameters
     ----------

@@ -18,8 +18,9 @@ independently in inference mode).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
@@ -38,10 +39,15 @@ from .attribution import (
     validate_input,
     validate_model,
 )
-from .lrp import Linear, Pool, plan, record_forward
+from .propagation import KINDS, Composite, Gradient, Op, Pass, Record, Rule, backward, trace
 
 __all__ = [
     "QUADRATURES",
+    "DeconvRelu",
+    "DeconvnetComposite",
+    "GradientComposite",
+    "GuidedBackpropComposite",
+    "GuidedRelu",
     "deconvnet",
     "gradient",
     "gradient_x_input",
@@ -58,11 +64,12 @@ __all__ = [
 def input_gradient(model: keras.Model) -> Any:
     """The compiled function ``(x, target) -> ∂S_target/∂x`` of ``model``, built once per model."""
     logits = logit_function(model)
+    graph = trace(model)
 
     def gradient_of_target_logit(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             tape.watch(x)
-            scores = tf.gather(logits(x), target, axis=1, batch_dims=1)
+            scores = graph.target_score(logits(x), target)
         return tape.gradient(scores, x)
 
     return compiled(model, "input_gradient", lambda: compile_batch_function(model, gradient_of_target_logit))
@@ -140,48 +147,101 @@ def gradient_x_input(
 # Modified backward passes: deconvnet and guided backpropagation (chapters 3.1 and 3.3)
 # --------------------------------------------------------------------------------------------
 
-# How each method passes a backward signal s through a ReLU whose argument was z (Springenberg
-# et al. 2014, Fig. 1): the gradient masks by the forward pass, the deconvnet by the sign of
-# the signal, guided backpropagation by both.
-_RELU_BACKWARD: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
-    "gradient": lambda signal, z: signal * tf.cast(z > 0, signal.dtype),
-    "deconvnet": lambda signal, z: tf.nn.relu(signal),
-    "guided_backprop": lambda signal, z: tf.nn.relu(signal) * tf.cast(z > 0, signal.dtype),
+# How each method passes a backward signal s through a step of the ReLU family y = f(z)
+# (Springenberg et al. 2014, Fig. 1): the gradient masks by the forward pass, the deconvnet by the
+# sign of the signal, guided backpropagation by both. Every other step applies the chain rule.
+
+
+@dataclass(frozen=True)
+class DeconvRelu(Rule):
+    """The deconvnet at a ReLU: only the positive part of the signal passes, whatever the
+    forward input, :math:`s_z = \\max(0, s_y)`."""
+
+    def applies_to(self, op: Op) -> bool:
+        return op.kind == "relu"
+
+    def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
+        return [tf.nn.relu(signal)]
+
+
+@dataclass(frozen=True)
+class GuidedRelu(Rule):
+    """Guided backpropagation at a ReLU-family step: the derivative times the positive part of
+    the signal, :math:`s_z = f'(z) \\max(0, s_y)` (for the ReLU, :math:`\\mathbb 1[z > 0] \\max(0, s_y)`)."""
+
+    def applies_to(self, op: Op) -> bool:
+        return op.kind == "relu"
+
+    def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
+        return [op.derivative(record.inputs[0]) * tf.nn.relu(signal)]
+
+
+@dataclass(frozen=True)
+class GradientComposite(Composite):
+    """The chain rule at every step: the plain gradient, as one backward pass of the shared engine."""
+
+    method: ClassVar[str] = "the gradient"
+
+    def kind_rules(self) -> Mapping[str, Rule | None]:
+        rules: dict[str, Rule | None] = {kind: Gradient() for kind in (*KINDS, "other")}
+        rules["identity"] = Pass()
+        return rules
+
+
+@dataclass(frozen=True)
+class GuidedBackpropComposite(GradientComposite):
+    """Guided backpropagation: :class:`GuidedRelu` at the ReLU family, the chain rule elsewhere.
+    Layers the package does not know are refused: a ReLU inside them would be missed."""
+
+    method: ClassVar[str] = "guided_backprop"
+
+    def kind_rules(self) -> Mapping[str, Rule | None]:
+        rules = dict(super().kind_rules())
+        rules["relu"], rules["other"] = GuidedRelu(), None
+        return rules
+
+
+@dataclass(frozen=True)
+class DeconvnetComposite(GradientComposite):
+    """The deconvnet: :class:`DeconvRelu` at the ReLU family, the chain rule elsewhere."""
+
+    method: ClassVar[str] = "deconvnet"
+
+    def kind_rules(self) -> Mapping[str, Rule | None]:
+        rules = dict(super().kind_rules())
+        rules["relu"], rules["other"] = DeconvRelu(), None
+        return rules
+
+
+_BACKWARD_COMPOSITES: dict[str, Composite] = {
+    "gradient": GradientComposite(),
+    "deconvnet": DeconvnetComposite(),
+    "guided_backprop": GuidedBackpropComposite(),
 }
 
 
 def relu_backward_pass(model: keras.Model, rule: str) -> Any:
     """The compiled function ``(x, target) -> signal at the input`` of a backward pass from the
-    target logit in which every ReLU uses ``rule`` (``"gradient"``, ``"deconvnet"`` or
-    ``"guided_backprop"``); linear layers pass the signal through their transpose and
-    max-pooling through its switches, as the gradient does.
+    target logit in which every step of the ReLU family uses ``rule`` (``"gradient"``,
+    ``"deconvnet"`` or ``"guided_backprop"``) and every other step the chain rule: linear layers
+    pass the signal through their transpose, max-pooling through its switches.
 
-    The modified pass is built from the model's layers (:func:`understanding_nn.lrp.plan`): no
-    TensorFlow gradient is overridden, so nothing changes outside this function.
+    The modified pass is the shared backward pass of :mod:`understanding_nn.propagation` with
+    the method's composite: no TensorFlow gradient is overridden, so nothing changes outside it.
     """
-    if rule not in _RELU_BACKWARD:
-        raise ValueError(f"rule must be one of {sorted(_RELU_BACKWARD)}, got {rule!r}")
+    if rule not in _BACKWARD_COMPOSITES:
+        raise ValueError(f"rule must be one of {sorted(_BACKWARD_COMPOSITES)}, got {rule!r}")
     validate_model(model)
 
     def build() -> Any:
-        steps = plan(model)
-        through_relu = _RELU_BACKWARD[rule]
+        graph = trace(model)
+        rules = _BACKWARD_COMPOSITES[rule].rules(graph, rule)
 
-        def backward(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-            inputs, relu_arguments, logits = record_forward(steps, x)
-            signal = tf.one_hot(target, tf.shape(logits)[1], dtype=logits.dtype)
-            for step, a, z in zip(reversed(steps), reversed(inputs), reversed(relu_arguments)):
-                if z is not None:
-                    signal = through_relu(signal, z)
-                if isinstance(step, Linear):
-                    signal = step.transpose(a, step.kernel, signal)
-                elif isinstance(step, Pool):
-                    signal = step.transpose(a, signal)
-                else:
-                    signal = tf.reshape(signal, tf.shape(a))
-            return signal
+        def signal_at_input(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+            values = graph.run(x)
+            return backward(graph, rules, values, graph.selector(target))
 
-        return compile_batch_function(model, backward)
+        return compile_batch_function(model, signal_at_input)
 
     return compiled(model, f"relu_backward:{rule}", build)
 

@@ -2,7 +2,8 @@
 
 Chapters 2.3 to 2.5 (Montavon, Samek & Müller 2018, §4.3, §5 and §6; Bach et al. 2015;
 Montavon et al. 2017). The relevance of the target logit, :math:`R_c = S_c(x)`, is passed down
-the network layer by layer. At a linear layer (Dense or Conv2D) with inputs :math:`a_j` and
+the network layer by layer by the shared backward pass of :mod:`understanding_nn.propagation`.
+At a linear step (Dense, a convolution, or a merge such as ``Add``) with inputs :math:`a_j` and
 outputs :math:`z_k`, a **rule** decides how the relevance :math:`R_k` of each output is shared
 among the inputs; every rule here is an instance of
 
@@ -15,11 +16,22 @@ backward, multiply" recipe of §5.1): :math:`z = \\text{forward}(a)`, :math:`s =
 relevance, never NaN.
 
 Rules are small objects (:class:`Epsilon`, :class:`Gamma`, :class:`AlphaBeta`, :class:`ZPlus`,
-:class:`WSquare`, :class:`Flat`, :class:`ZBox`), assigned to layers by a :class:`Composite`
-(a default, by layer type, by position, or by layer name). Pooling, reshaping and dropout layers
-have fixed behaviour (``max_pooling`` chooses winner-take-all or proportional max-pooling), and a
-BatchNormalization that follows a Dense or Conv2D layer is folded into it. Any other layer is
-refused with :class:`~understanding_nn.attribution.UnsupportedModelError`.
+:class:`WSquare`, :class:`Flat`, :class:`ZBox`, and :class:`WinnerTakeAll` and
+:class:`Proportional` for pooling), assigned to the steps of a model by a :class:`Composite`
+(a default, by position, by kind of layer, or by layer name). What the other steps do:
+
+* an element-wise activation (ReLU, tanh, GELU, ...), dropout, and an element-wise affine map
+  (a batch normalization that cannot be folded, ``Rescaling``, ``Normalization``,
+  ``LayerNormalization`` with its statistics held constant) pass relevance unchanged;
+* ``Add``, ``Subtract`` and ``Average`` share relevance in proportion to each input's
+  contribution, :math:`R_i = a^{(i)} w_i / (z + \\epsilon\\,\\mathrm{sign}(z)) \\, R` (LRP-0 by
+  default, ``Epsilon(0)``; switch with ``by_type={"merge": rule}``);
+* reshaping steps and ``Concatenate`` move relevance back to where each value came from;
+* max-pooling gives each window's relevance to its maximum (``max_pooling="winner_take_all"``)
+  or shares it in proportion to the activations (``"proportional"``), as average pooling does.
+
+``Multiply``, ``Maximum``, a softmax inside the network and layers the package does not know are
+refused, naming the layer, unless the composite gives them a rule by name.
 
 The registered methods (``lrp.z``, ``lrp.epsilon``, ``lrp.gamma``, ``lrp.alpha_beta``,
 ``lrp.zplus``, ``lrp.w_square``, ``lrp.flat``, ``deep_taylor``, ``lrp.composite``) are presets;
@@ -29,8 +41,8 @@ The registered methods (``lrp.z``, ``lrp.epsilon``, ``lrp.gamma``, ``lrp.alpha_b
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
@@ -39,7 +51,6 @@ import tensorflow as tf
 from .attribution import (
     DEFAULT_BATCH_SIZE,
     Target,
-    UnsupportedModelError,
     compile_batch_function,
     compiled,
     register,
@@ -48,18 +59,32 @@ from .attribution import (
     validate_input,
     validate_model,
 )
+from .propagation import (
+    Composite as BaseComposite,
+    Gradient,
+    LinearOp,
+    Op,
+    Pass,
+    PoolOp,
+    Record,
+    _inputs,
+    Rule,
+    backward,
+    divide,
+    trace,
+)
 
 __all__ = [
+    "MAX_POOLING",
     "AlphaBeta",
     "Composite",
     "Epsilon",
     "Flat",
     "Gamma",
-    "Linear",
-    "Passthrough",
-    "Pool",
-    "Rule",
+    "LinearRule",
+    "Proportional",
     "WSquare",
+    "WinnerTakeAll",
     "ZBox",
     "ZPlus",
     "deep_taylor",
@@ -73,304 +98,63 @@ __all__ = [
     "lrp_w_square",
     "lrp_z",
     "lrp_zplus",
-    "plan",
-    "record_forward",
 ]
 
 MAX_POOLING = ("winner_take_all", "proportional")
 
-
-def _divide(numerator: tf.Tensor, denominator: tf.Tensor) -> tf.Tensor:
-    """``numerator / denominator``, and 0 where the denominator is 0 (no relevance, no NaN)."""
-    return tf.math.divide_no_nan(numerator, denominator)
+Inputs = tf.Tensor | list[tf.Tensor]
 
 
-# --------------------------------------------------------------------------------------------
-# Layers as propagation steps
-# --------------------------------------------------------------------------------------------
+def _positive(inputs: list[tf.Tensor]) -> list[tf.Tensor]:
+    return [tf.nn.relu(a) for a in inputs]
 
 
-@dataclass
-class Linear:
-    """A Dense or Conv2D layer, with any batch normalization that follows it folded in, as an
-    affine map :math:`z = w^\\top a + b`.
-
-    ``activation`` is ``"relu"`` or ``"linear"``: relevance passes a ReLU unchanged, so only
-    the affine part matters for the rules. ``kernel`` and ``bias`` are read from the layers'
-    variables at every access, so a compiled propagation always uses the current weights.
-    """
-
-    layer: keras.layers.Layer
-    activation: str
-    norm: keras.layers.BatchNormalization | None = None
-
-    @property
-    def name(self) -> str:
-        return self.layer.name
-
-    @property
-    def kind(self) -> str:
-        return "dense" if isinstance(self.layer, keras.layers.Dense) else "conv"
-
-    def _norm_scale(self) -> tf.Tensor:
-        """:math:`s = \\gamma / \\sqrt{\\sigma^2 + \\epsilon}` of the folded normalization."""
-        norm = self.norm
-        scale = tf.math.rsqrt(tf.convert_to_tensor(norm.moving_variance) + norm.epsilon)
-        return scale * norm.gamma if norm.scale else scale
-
-    @property
-    def kernel(self) -> tf.Tensor:
-        """:math:`w`, or :math:`w s` with a folded normalization."""
-        kernel = tf.convert_to_tensor(self.layer.kernel)
-        return kernel if self.norm is None else kernel * self._norm_scale()
-
-    @property
-    def bias(self) -> tf.Tensor | None:
-        """:math:`b`, or :math:`(b - \\mu) s + \\beta` with a folded normalization; ``None`` for
-        a layer without bias or normalization."""
-        bias = tf.convert_to_tensor(self.layer.bias) if self.layer.use_bias else None
-        if self.norm is None:
-            return bias
-        norm = self.norm
-        if bias is None:
-            bias = tf.zeros_like(tf.convert_to_tensor(norm.moving_mean))
-        bias = (bias - norm.moving_mean) * self._norm_scale()
-        return bias + norm.beta if norm.center else bias
-
-    def affine(self, a: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
-        """The layer's affine map with a given (possibly modified) kernel and bias."""
-        a = tf.convert_to_tensor(a, tf.float32)
-        if self.kind == "dense":
-            z = tf.matmul(a, kernel)
-        else:
-            layer = self.layer
-            z = tf.nn.conv2d(
-                a, kernel, strides=layer.strides, padding=layer.padding.upper(), dilations=layer.dilation_rate
-            )
-        return z if bias is None else z + bias
-
-    def transpose(self, a: tf.Tensor, kernel: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-        """:math:`c_j = \\sum_k w_{jk} s_k`: the affine map's transpose applied to ``s``."""
-        a, s = tf.convert_to_tensor(a, tf.float32), tf.convert_to_tensor(s, tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            z = self.affine(a, kernel)
-        return tape.gradient(z, a, output_gradients=s)
-
-    def forward(self, a: tf.Tensor) -> tf.Tensor:
-        z = self.affine(a, self.kernel, self.bias)
-        return tf.nn.relu(z) if self.activation == "relu" else z
-
-
-@dataclass
-class Pool:
-    """Max, average or global average pooling."""
-
-    name: str
-    kind: str  # "max", "avg" or "global_avg"
-    pool_size: tuple[int, int] = (2, 2)
-    strides: tuple[int, int] = (2, 2)
-    padding: str = "VALID"
-
-    def average(self, a: tf.Tensor) -> tf.Tensor:
-        if self.kind == "global_avg":
-            return tf.reduce_mean(a, axis=(1, 2))
-        return tf.nn.avg_pool2d(a, self.pool_size, self.strides, self.padding)
-
-    def forward(self, a: tf.Tensor) -> tf.Tensor:
-        if self.kind == "max":
-            return tf.nn.max_pool2d(a, self.pool_size, self.strides, self.padding)
-        return self.average(a)
-
-    def transpose(self, a: tf.Tensor, signal: tf.Tensor) -> tf.Tensor:
-        """Pass a backward signal as the gradient does: max-pooling routes each window's signal
-        to its maximum at ``a`` (the "switches"), average pooling shares it evenly."""
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            pooled = self.forward(a)
-        return tape.gradient(pooled, a, output_gradients=signal)
-
-    def propagate(self, a: tf.Tensor, relevance: tf.Tensor, max_pooling: str) -> tf.Tensor:
-        """Winner-take-all routes each window's relevance to its maximum (Bach et al. 2015);
-        proportional, and average pooling, share it as :math:`R_j = a_j / \\sum_{j'} a_{j'} R_k`."""
-        winner_take_all = self.kind == "max" and max_pooling == "winner_take_all"
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            pooled = self.forward(a) if winner_take_all else self.average(a)
-        if winner_take_all:
-            return tape.gradient(pooled, a, output_gradients=relevance)
-        return a * tape.gradient(pooled, a, output_gradients=_divide(relevance, pooled))
-
-
-@dataclass
-class Passthrough:
-    """A layer that only reshapes its input (Flatten, Reshape), drops nothing at explanation time
-    (Dropout), or applies a ReLU: relevance passes it unchanged, reshaped back to its input."""
-
-    name: str
-    function: Callable[[tf.Tensor], tf.Tensor]
-    elementwise: bool = False  # True for the ReLU, False for reshapes and dropout
-
-    def forward(self, a: tf.Tensor) -> tf.Tensor:
-        return self.function(a)
-
-
-Step = Linear | Pool | Passthrough
-
-
-def record_forward(steps: list[Step], x: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor | None], tf.Tensor]:
-    """Run ``x`` through ``steps``, keeping what backward passes need.
-
-    Returns the input of every step, the argument of every ReLU (the pre-activation ``z`` of a
-    Linear step with a ReLU, the input of a ReLU layer; ``None`` elsewhere), and the output.
-    """
-    inputs, relu_arguments = [], []
-    a = x
-    for step in steps:
-        inputs.append(a)
-        if isinstance(step, Linear):
-            z = step.affine(a, step.kernel, step.bias)
-            relu_arguments.append(z if step.activation == "relu" else None)
-            a = tf.nn.relu(z) if step.activation == "relu" else z
-        else:
-            relu_arguments.append(a if isinstance(step, Passthrough) and step.elementwise else None)
-            a = step.forward(a)
-    return inputs, relu_arguments, a
-
-
-def _activation_name(layer: keras.layers.Layer) -> str:
-    return getattr(getattr(layer, "activation", None), "__name__", "linear")
-
-
-def _linear_from(layer: keras.layers.Layer, is_last: bool) -> Linear:
-    activation = _activation_name(layer)
-    allowed = ("relu", "linear", "softmax", "sigmoid") if is_last else ("relu", "linear")
-    if activation not in allowed:
-        raise UnsupportedModelError(
-            f"layer {layer.name!r} ({type(layer).__name__}) has activation {activation!r}; relevance "
-            "propagation supports ReLU or no activation (and a final softmax or sigmoid)"
-        )
-    if isinstance(layer, keras.layers.Conv2D) and (layer.data_format != "channels_last" or layer.groups != 1):
-        raise UnsupportedModelError(
-            f"Conv2D layer {layer.name!r} uses data_format={layer.data_format!r}, groups={layer.groups}; "
-            "relevance propagation supports channels_last convolutions without groups"
-        )
-    return Linear(layer, "relu" if activation == "relu" else "linear")
-
-
-def _fold_batch_norm(linear: Linear, norm: keras.layers.BatchNormalization) -> Linear:
-    """Fold an inference-mode batch normalization into the affine layer before it.
-
-    :math:`\\gamma (z - \\mu) / \\sqrt{\\sigma^2 + \\epsilon} + \\beta` of :math:`z = w^\\top a + b`
-    is again affine, with kernel :math:`w s` and bias :math:`(b - \\mu) s + \\beta`, where
-    :math:`s = \\gamma / \\sqrt{\\sigma^2 + \\epsilon}` (see :attr:`Linear.kernel`, :attr:`Linear.bias`).
-    """
-    if linear.activation != "linear" or linear.norm is not None:
-        raise UnsupportedModelError(
-            f"BatchNormalization layer {norm.name!r} follows {linear.name!r}, which applies a ReLU "
-            "first; only a normalization directly after a Dense or Conv2D without activation can be folded"
-        )
-    if norm.axis not in (-1, len(norm.input.shape) - 1):
-        raise UnsupportedModelError(f"BatchNormalization layer {norm.name!r} normalises axis {norm.axis}, not the channels")
-    return Linear(linear.layer, "linear", norm)
-
-
-def _pool_from(layer: keras.layers.Layer, kind: str) -> Pool:
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        raise UnsupportedModelError(f"pooling layer {layer.name!r} is not channels_last")
-    if kind == "global_avg":
-        if getattr(layer, "keepdims", False):
-            raise UnsupportedModelError(f"GlobalAveragePooling2D layer {layer.name!r} keeps its dimensions")
-        return Pool(layer.name, kind)
-    return Pool(layer.name, kind, tuple(layer.pool_size), tuple(layer.strides), layer.padding.upper())
-
-
-def plan(model: keras.Model) -> list[Step]:
-    """The model as a list of propagation steps, after checking every layer is supported.
-
-    Supported: Dense and Conv2D (ReLU or no activation; a final softmax or sigmoid is ignored),
-    MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout,
-    BatchNormalization right after a Dense or Conv2D without activation (folded into it), ReLU
-    as a layer or an ``Activation("relu")``, and a final ``Softmax``/``Activation("softmax")``;
-    in a Sequential model or a functional model that is a single chain.
-    """
-    validate_model(model)
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    previous_output = model.inputs[0]
-    steps: list[Step] = []
-    for index, layer in enumerate(layers):
-        if layer.input is not previous_output and not isinstance(model, keras.Sequential):
-            raise UnsupportedModelError(
-                f"layer {layer.name!r} does not take the output of the layer before it; relevance "
-                "propagation supports Sequential models and single-chain functional models"
-            )
-        previous_output = layer.output
-        is_last = index == len(layers) - 1
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) and type(layer) in (
-            keras.layers.Dense, keras.layers.Conv2D
-        ):
-            steps.append(_linear_from(layer, is_last))
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            if not steps or not isinstance(steps[-1], Linear):
-                raise UnsupportedModelError(
-                    f"BatchNormalization layer {layer.name!r} does not follow a Dense or Conv2D layer, "
-                    "so it cannot be folded"
-                )
-            steps[-1] = _fold_batch_norm(steps[-1], layer)
-        elif type(layer) is keras.layers.MaxPooling2D:
-            steps.append(_pool_from(layer, "max"))
-        elif type(layer) is keras.layers.AveragePooling2D:
-            steps.append(_pool_from(layer, "avg"))
-        elif type(layer) is keras.layers.GlobalAveragePooling2D:
-            steps.append(_pool_from(layer, "global_avg"))
-        elif type(layer) in (keras.layers.Flatten, keras.layers.Reshape):
-            target_shape = tuple(layer.output.shape[1:])
-            steps.append(Passthrough(layer.name, lambda a, s=target_shape: tf.reshape(a, (-1, *s))))
-        elif type(layer) is keras.layers.Dropout:
-            steps.append(Passthrough(layer.name, tf.identity))
-        elif (type(layer) is keras.layers.ReLU and _is_plain_relu(layer)) or (
-            type(layer) is keras.layers.Activation and _activation_name(layer) == "relu"
-        ):
-            steps.append(Passthrough(layer.name, tf.nn.relu, elementwise=True))
-        elif is_last and (
-            type(layer) is keras.layers.Softmax
-            or (type(layer) is keras.layers.Activation and _activation_name(layer) in ("softmax", "sigmoid"))
-        ):
-            pass  # explanations start from the logits
-        else:
-            raise UnsupportedModelError(
-                f"layer {layer.name!r} ({type(layer).__name__}) is not supported by relevance "
-                "propagation; supported: Dense, Conv2D, MaxPooling2D, AveragePooling2D, "
-                "GlobalAveragePooling2D, Flatten, Reshape, Dropout, BatchNormalization (after Dense "
-                "or Conv2D), ReLU"
-            )
-    if not any(isinstance(step, Linear) for step in steps):
-        raise UnsupportedModelError(f"model {model.name!r} has no Dense or Conv2D layer to propagate through")
-    return steps
-
-
-def _is_plain_relu(layer: keras.layers.ReLU) -> bool:
-    return layer.max_value is None and float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+def _negative(inputs: list[tf.Tensor]) -> list[tf.Tensor]:
+    return [-tf.nn.relu(-a) for a in inputs]
 
 
 # --------------------------------------------------------------------------------------------
-# Rules
+# Rules for linear steps
 # --------------------------------------------------------------------------------------------
 
 
-class Rule:
-    """How a linear layer shares its outputs' relevance among its inputs."""
+class LinearRule(Rule):
+    """A relevance rule for linear steps (:class:`~understanding_nn.propagation.LinearOp`:
+    Dense, convolutions, merges). Subclasses implement :meth:`relevance`.
+    """
 
-    def propagate(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor) -> tf.Tensor:
+    def applies_to(self, op: Op) -> bool:
+        return isinstance(op, LinearOp)
+
+    def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
+        return self.relevance(op, record.inputs, signal)
+
+    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+        """The relevance of each input, given the relevance of the step's outputs."""
         raise NotImplementedError
 
+    def propagate(self, op: LinearOp, inputs: Inputs, relevance: Any) -> tf.Tensor | list[tf.Tensor]:
+        """:meth:`relevance` for one input tensor (returned as one tensor) or a list of them."""
+        result = self.relevance(op, _inputs(inputs), tf.convert_to_tensor(relevance, tf.float32))
+        return result if isinstance(inputs, (list, tuple)) else result[0]
+
     @staticmethod
-    def _bias(layer: Linear, use: bool, part: Callable[[tf.Tensor], tf.Tensor] = lambda b: b) -> tf.Tensor | None:
-        return part(layer.bias) if use and layer.bias is not None else None
+    def _bias(op: LinearOp, use: bool, part: Callable[[tf.Tensor], tf.Tensor] = lambda b: b) -> tf.Tensor | None:
+        bias = op.bias
+        return part(bias) if use and bias is not None else None
+
+
+def _check_number(name: str, value: Any, *, non_negative: bool = True) -> None:
+    """A rule's parameter must be a finite real number (and by default not negative)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not np.isfinite(value) or (non_negative and value < 0):
+        kind = "non-negative and finite" if non_negative else "finite"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
-class Epsilon(Rule):
+class Epsilon(LinearRule):
     """LRP-ε (LRP-0 for ``epsilon=0``), §5.1:
 
     .. math:: R_j = \\sum_k \\frac{a_j w_{jk}}{\\epsilon \\cdot \\mathrm{sign}(z_k) + z_k} R_k,
@@ -380,23 +164,32 @@ class Epsilon(Rule):
     :math:`z_k`, where it absorbs its share of relevance; ``bias=False`` leaves it out, so the
     layer conserves relevance exactly for ``epsilon=0``, but on a layer with biases the
     denominators :math:`z_k - b_k` can then be close to zero and the relevance explode.
+
+    Examples
+    --------
+    Two inputs of a unit-weight sum (an ``Add``) share the relevance 6 as 1 : 2:
+
+    >>> from understanding_nn.propagation import MergeOp
+    >>> add = MergeOp(None, "add", [1.0, 1.0])
+    >>> [r.numpy().tolist() for r in Epsilon(0.0).propagate(add, [[[1.0]], [[2.0]]], [[6.0]])]
+    [[[2.0]], [[4.0]]]
     """
 
     epsilon: float = 0.0
     bias: bool = True
 
     def __post_init__(self) -> None:
-        if not self.epsilon >= 0:
-            raise ValueError(f"epsilon must be non-negative, got {self.epsilon!r}")
+        _check_number("epsilon", self.epsilon)
 
-    def propagate(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor) -> tf.Tensor:
-        z = layer.affine(a, layer.kernel, self._bias(layer, self.bias))
+    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+        z = op.affine(inputs, op.kernel, self._bias(op, self.bias))
         sign = tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
-        return a * layer.transpose(a, layer.kernel, _divide(relevance, z + self.epsilon * sign))
+        s = divide(relevance, z + self.epsilon * sign)
+        return [a * c for a, c in zip(inputs, op.transpose(inputs, op.kernel, s))]
 
 
 @dataclass(frozen=True)
-class Gamma(Rule):
+class Gamma(LinearRule):
     """LRP-γ: positive weights (and biases) enlarged by a factor :math:`1 + \\gamma`,
 
     .. math:: R_j = \\sum_k \\frac{a_j (w_{jk} + \\gamma w_{jk}^+)}
@@ -410,18 +203,17 @@ class Gamma(Rule):
     bias: bool = True
 
     def __post_init__(self) -> None:
-        if not self.gamma >= 0:
-            raise ValueError(f"gamma must be non-negative, got {self.gamma!r}")
+        _check_number("gamma", self.gamma)
 
-    def propagate(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor) -> tf.Tensor:
-        kernel = layer.kernel + self.gamma * tf.nn.relu(layer.kernel)
-        bias = self._bias(layer, self.bias, lambda b: b + self.gamma * tf.nn.relu(b))
-        z = layer.affine(a, kernel, bias)
-        return a * layer.transpose(a, kernel, _divide(relevance, z))
+    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+        kernel = op.kernel + self.gamma * tf.nn.relu(op.kernel)
+        bias = self._bias(op, self.bias, lambda b: b + self.gamma * tf.nn.relu(b))
+        s = divide(relevance, op.affine(inputs, kernel, bias))
+        return [a * c for a, c in zip(inputs, op.transpose(inputs, kernel, s))]
 
 
 @dataclass(frozen=True)
-class AlphaBeta(Rule):
+class AlphaBeta(LinearRule):
     """LRP-αβ (Bach et al. 2015), with :math:`\\alpha - \\beta = 1`, :math:`\\beta \\ge 0`:
 
     .. math:: R_j = \\sum_k \\Bigl(\\alpha \\frac{(a_j w_{jk})^+}{\\sum_{j'} (a_{j'} w_{j'k})^+}
@@ -440,24 +232,28 @@ class AlphaBeta(Rule):
     bias: bool = False
 
     def __post_init__(self) -> None:
+        _check_number("alpha", self.alpha, non_negative=False)
+        _check_number("beta", self.beta, non_negative=False)
         if self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-9:
             raise ValueError(f"alpha - beta must be 1 with beta >= 0, got alpha={self.alpha}, beta={self.beta}")
 
-    def _share(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor, sign: float) -> tf.Tensor:
+    def _share(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, sign: float) -> list[tf.Tensor]:
         """Relevance shared in proportion to the positive (sign=+1) or negative (-1) contributions."""
-        a_pos, a_neg = tf.nn.relu(a), -tf.nn.relu(-a)
-        w_pos, w_neg = tf.nn.relu(layer.kernel), -tf.nn.relu(-layer.kernel)
+        a_pos, a_neg = _positive(inputs), _negative(inputs)
+        w_pos, w_neg = tf.nn.relu(op.kernel), -tf.nn.relu(-op.kernel)
         pairs = [(a_pos, w_pos), (a_neg, w_neg)] if sign > 0 else [(a_pos, w_neg), (a_neg, w_pos)]
-        bias = self._bias(layer, self.bias, (lambda b: tf.nn.relu(b)) if sign > 0 else (lambda b: -tf.nn.relu(-b)))
-        z = sum(layer.affine(inputs, weights) for inputs, weights in pairs)
-        s = _divide(relevance, z if bias is None else z + bias)
-        return sum(inputs * layer.transpose(inputs, weights, s) for inputs, weights in pairs)
+        bias = self._bias(op, self.bias, (lambda b: tf.nn.relu(b)) if sign > 0 else (lambda b: -tf.nn.relu(-b)))
+        z = sum(op.affine(parts, weights) for parts, weights in pairs)
+        s = divide(relevance, z if bias is None else z + bias)
+        shares = [[a * c for a, c in zip(parts, op.transpose(parts, weights, s))] for parts, weights in pairs]
+        return [first + second for first, second in zip(*shares)]
 
-    def propagate(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor) -> tf.Tensor:
-        positive = self._share(layer, a, relevance, +1.0)
+    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+        positive = self._share(op, inputs, relevance, +1.0)
         if self.beta == 0:
-            return self.alpha * positive
-        return self.alpha * positive - self.beta * self._share(layer, a, relevance, -1.0)
+            return [self.alpha * r for r in positive]
+        negative = self._share(op, inputs, relevance, -1.0)
+        return [self.alpha * p - self.beta * n for p, n in zip(positive, negative)]
 
 
 @dataclass(frozen=True)
@@ -475,7 +271,7 @@ class ZPlus(AlphaBeta):
 
 
 @dataclass(frozen=True)
-class WSquare(Rule):
+class WSquare(LinearRule):
     """The w² rule of deep Taylor decomposition, for inputs in all of :math:`\\mathbb{R}^d`:
 
     .. math:: R_i = \\sum_j \\frac{w_{ij}^2}{\\sum_{i'} w_{i'j}^2} R_j
@@ -483,52 +279,89 @@ class WSquare(Rule):
     It does not depend on the input values, only on the weights and on :math:`R_j`.
     """
 
-    def propagate(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor) -> tf.Tensor:
-        ones = tf.ones_like(a)
-        kernel = tf.square(layer.kernel)
-        return layer.transpose(ones, kernel, _divide(relevance, layer.affine(ones, kernel)))
+    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+        ones = [tf.ones_like(a) for a in inputs]
+        kernel = tf.square(op.kernel)
+        return op.transpose(ones, kernel, divide(relevance, op.affine(ones, kernel)))
 
 
 @dataclass(frozen=True)
-class Flat(Rule):
+class Flat(LinearRule):
     """The flat rule: every input in an output's receptive field gets an equal share,
 
     .. math:: R_i = \\sum_j \\frac{1}{\\sum_{i'} 1} R_j .
     """
 
-    def propagate(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor) -> tf.Tensor:
-        ones = tf.ones_like(a)
-        kernel = tf.ones_like(layer.kernel)
-        return layer.transpose(ones, kernel, _divide(relevance, layer.affine(ones, kernel)))
+    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+        ones = [tf.ones_like(a) for a in inputs]
+        kernel = tf.ones_like(op.kernel)
+        return op.transpose(ones, kernel, divide(relevance, op.affine(ones, kernel)))
 
 
 @dataclass(frozen=True)
-class ZBox(Rule):
+class ZBox(LinearRule):
     """The z^B rule of deep Taylor decomposition, for inputs in a box :math:`[l, h]`:
 
     .. math:: R_i = \\sum_j \\frac{x_i w_{ij} - l_i w_{ij}^+ - h_i w_{ij}^-}
               {\\sum_{i'} (x_{i'} w_{i'j} - l_{i'} w_{i'j}^+ - h_{i'} w_{i'j}^-)} R_j
 
-    ``low`` and ``high`` are numbers (the book's pixels lie in ``[0, 1]``, the default).
+    ``low`` and ``high`` are numbers (the book's pixels lie in ``[0, 1]``, the default). The
+    rule is derived for inputs inside the box: the presets that use it check that the inputs are.
     """
 
     low: float = 0.0
     high: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_number("low", self.low, non_negative=False)
+        _check_number("high", self.high, non_negative=False)
         if not self.low < self.high:
             raise ValueError(f"the box needs low < high, got low={self.low}, high={self.high}")
 
-    def propagate(self, layer: Linear, a: tf.Tensor, relevance: tf.Tensor) -> tf.Tensor:
-        low, high = self.low * tf.ones_like(a), self.high * tf.ones_like(a)
-        w_pos, w_neg = tf.nn.relu(layer.kernel), -tf.nn.relu(-layer.kernel)
-        z = layer.affine(a, layer.kernel) - layer.affine(low, w_pos) - layer.affine(high, w_neg)
-        s = _divide(relevance, z)
-        return (
-            a * layer.transpose(a, layer.kernel, s)
-            - low * layer.transpose(low, w_pos, s)
-            - high * layer.transpose(high, w_neg, s)
-        )
+    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+        low = [self.low * tf.ones_like(a) for a in inputs]
+        high = [self.high * tf.ones_like(a) for a in inputs]
+        w_pos, w_neg = tf.nn.relu(op.kernel), -tf.nn.relu(-op.kernel)
+        s = divide(relevance, op.affine(inputs, op.kernel) - op.affine(low, w_pos) - op.affine(high, w_neg))
+        parts = [
+            (inputs, op.transpose(inputs, op.kernel, s)),
+            (low, op.transpose(low, w_pos, s)),
+            (high, op.transpose(high, w_neg, s)),
+        ]
+        (x, cx), (lo, cl), (hi, ch) = parts
+        return [xi * ci - li * di - hj * ej for xi, ci, li, di, hj, ej in zip(x, cx, lo, cl, hi, ch)]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules for pooling
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WinnerTakeAll(Rule):
+    """Max-pooling gives each window's relevance to the window's maximum (Bach et al. 2015)."""
+
+    def applies_to(self, op: Op) -> bool:
+        return op.kind == "max_pool"
+
+    def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
+        return op.vjp(record.inputs, signal)
+
+
+@dataclass(frozen=True)
+class Proportional(Rule):
+    """Pooling shares each window's relevance in proportion to the activations,
+    :math:`R_j = a_j / \\sum_{j'} a_{j'} \\, R_k` (the window's average pooling under LRP-0)."""
+
+    def applies_to(self, op: Op) -> bool:
+        return isinstance(op, PoolOp)
+
+    def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
+        (a,) = record.inputs
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            pooled = op.average(a)
+        return [a * tape.gradient(pooled, a, output_gradients=divide(signal, pooled))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,48 +370,52 @@ class ZBox(Rule):
 
 
 @dataclass(frozen=True)
-class Composite:
-    """Assigns a rule to every Dense and Conv2D layer of a model.
+class Composite(BaseComposite):
+    """Assigns an LRP rule to every layer of a model.
 
-    The first match wins: ``by_name`` (layer name → rule), then ``first`` (the layer closest to
-    the input) and ``last`` (the logit layer), then ``by_type`` (``"dense"`` or ``"conv"`` →
-    rule), then ``default``.
+    The first match wins: ``by_name`` (layer name → rule), then ``first`` (the Dense and
+    convolution layers closest to the input) and ``last`` (those producing the logits), then
+    ``by_type`` (a kind of layer, ``"dense"``, ``"conv"``, ``"merge"``, ... → rule; see
+    :data:`understanding_nn.propagation.KINDS`), then ``default`` for Dense and convolution
+    layers. The other kinds get the rules listed in the module's docstring, with max-pooling as
+    ``max_pooling`` says.
 
-    Compiled propagations are cached per model under the composite's ``repr``, so a custom rule
-    should, like the rules here, be a frozen dataclass whose ``repr`` lists its parameters.
+    Compiled propagations are cached per model under the composite's :meth:`get_config`, the
+    rules' parameters as data; a custom rule publishes its own (a frozen dataclass does).
+
+    Examples
+    --------
+    z^B on the input layer, LRP-γ on the other convolutions, LRP-ε on the dense layers, LRP-0 on
+    the logit layer, and proportional max-pooling:
+
+    >>> composite = Composite(Epsilon(0.25), first=ZBox(0.0, 1.0), last=Epsilon(0.0),
+    ...                       by_type={"conv": Gamma(0.25)}, max_pooling="proportional")
+    >>> composite.get_config()["by_type"]["conv"]["gamma"]
+    0.25
     """
 
-    default: Rule = field(default_factory=Epsilon)
-    first: Rule | None = None
-    last: Rule | None = None
-    by_type: Mapping[str, Rule] = field(default_factory=dict)
-    by_name: Mapping[str, Rule] = field(default_factory=dict)
+    default: Rule | None = field(default_factory=Epsilon)
+    max_pooling: str = "winner_take_all"
+
+    method: ClassVar[str] = "LRP"
 
     def __post_init__(self) -> None:
-        unknown = set(self.by_type) - {"dense", "conv"}
-        if unknown:
-            raise ValueError(f"by_type keys must be 'dense' or 'conv', got {sorted(unknown)}")
+        super().__post_init__()
+        if self.max_pooling not in MAX_POOLING:
+            raise ValueError(f"max_pooling must be one of {MAX_POOLING}, got {self.max_pooling!r}")
 
-    def rules(self, steps: list[Step]) -> dict[str, Rule]:
-        """The rule of every linear layer of ``steps``, by layer name."""
-        linear = [step for step in steps if isinstance(step, Linear)]
-        missing = set(self.by_name) - {step.name for step in linear}
-        if missing:
-            raise ValueError(
-                f"the composite names layers {sorted(missing)} that are not Dense or Conv2D layers "
-                f"of the model; its linear layers are {[step.name for step in linear]}"
-            )
-        chosen = {}
-        for position, step in enumerate(linear):
-            rule = self.by_name.get(step.name)
-            if rule is None and position == 0:
-                rule = self.first
-            if rule is None and position == len(linear) - 1:
-                rule = self.last
-            if rule is None:
-                rule = self.by_type.get(step.kind, self.default)
-            chosen[step.name] = rule
-        return chosen
+    def kind_rules(self) -> Mapping[str, Rule | None]:
+        return {
+            "merge": Epsilon(0.0),
+            "affine": Pass(),
+            "layer_norm": Pass(),
+            "identity": Pass(),
+            "relu": Pass(),
+            "activation": Pass(),
+            "reshape": Gradient(),
+            "avg_pool": Proportional(),
+            "max_pool": WinnerTakeAll() if self.max_pooling == "winner_take_all" else Proportional(),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,40 +423,42 @@ class Composite:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_max_pooling(max_pooling: str) -> None:
-    if max_pooling not in MAX_POOLING:
-        raise ValueError(f"max_pooling must be one of {MAX_POOLING}, got {max_pooling!r}")
+def _propagation(model: keras.Model, composite: Composite, method: str) -> Callable[..., dict[int, tf.Tensor]]:
+    """The compiled function ``(x, target) -> {value index: relevance}`` of every value of the
+    model's graph, from the input (0) to the logits."""
+    if not isinstance(composite, BaseComposite):
+        raise TypeError(f"composite must be a Composite, got {type(composite).__name__}")
 
+    def build() -> Callable[..., dict[int, tf.Tensor]]:
+        graph = trace(model)
+        rules = composite.rules(graph, method)
 
-def _propagation(model: keras.Model, composite: Composite, max_pooling: str) -> Callable[..., list[tf.Tensor]]:
-    """The compiled function ``(x, target) -> [R_input, R_after_step_1, ..., R_logits]``."""
-    _check_max_pooling(max_pooling)
-    key = f"lrp:{composite!r}:{max_pooling}"
-
-    def build() -> Callable[..., list[tf.Tensor]]:
-        steps = plan(model)
-        rules = composite.rules(steps)
-
-        def propagate(x: tf.Tensor, target: tf.Tensor) -> list[tf.Tensor]:
-            activations = [x]
-            for step in steps:
-                activations.append(step.forward(activations[-1]))
-            logits = activations[-1]
-            relevance = tf.one_hot(target, tf.shape(logits)[1], dtype=logits.dtype) * logits
-            relevances = [relevance]
-            for step, a in zip(reversed(steps), reversed(activations[:-1])):
-                if isinstance(step, Linear):
-                    relevance = rules[step.name].propagate(step, a, relevance)
-                elif isinstance(step, Pool):
-                    relevance = step.propagate(a, relevance, max_pooling)
-                else:
-                    relevance = tf.reshape(relevance, tf.shape(a))
-                relevances.append(relevance)
-            return relevances[::-1]
+        def propagate(x: tf.Tensor, target: tf.Tensor) -> dict[int, tf.Tensor]:
+            values = graph.run(x)
+            start = graph.selector(target) * values[graph.logit]
+            return backward(graph, rules, values, start, keep=True)
 
         return compile_batch_function(model, propagate)
 
-    return compiled(model, key, build)
+    return compiled(model, f"lrp:{method}:{composite.key()}", build)
+
+
+def _check_box(model: keras.Model, x: Any, composite: Composite) -> None:
+    """The z^B rule is derived for inputs inside its box: refuse inputs outside it."""
+    graph = trace(model)
+    first, _ = graph.first_and_last()
+    rules = composite.rules(graph)
+    boxes = {rules[i] for i in first if isinstance(rules[i], ZBox) and graph.nodes[i].inputs == [0]}
+    if not boxes:
+        return
+    x = validate_input(model, x)
+    low, high = float(x.min()), float(x.max())
+    for box in boxes:
+        if low < box.low - 1e-6 or high > box.high + 1e-6:
+            raise ValueError(
+                f"the z^B rule assumes inputs in [{box.low:g}, {box.high:g}], but x lies in [{low:g}, {high:g}]; "
+                "pass the range of your data as low=..., high=... (for example the pixel range before any scaling)"
+            )
 
 
 def lrp(
@@ -628,17 +467,48 @@ def lrp(
     target: Target = None,
     *,
     composite: Composite | None = None,
-    max_pooling: str = "winner_take_all",
+    max_pooling: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    method: str = "LRP",
 ) -> np.ndarray:
     """Layer-wise relevance propagation with any :class:`Composite` of rules.
 
     Starts from :math:`R = S_c(x)` at the target logit and returns the input relevance, shaped
-    like ``x``. ``composite`` defaults to LRP-0 everywhere. ``max_pooling`` is
-    ``"winner_take_all"`` (the maximum of each window takes all its relevance) or
-    ``"proportional"`` (shared in proportion to the activations).
+    like ``x``.
+
+    Parameters
+    ----------
+    model, x, target
+        As in :func:`understanding_nn.explain`.
+    composite
+        The rules; by default LRP-0 everywhere, ``Composite()``.
+    max_pooling
+        ``"winner_take_all"`` (the maximum of each window takes all its relevance) or
+        ``"proportional"`` (shared in proportion to the activations); ``None`` keeps the
+        composite's own setting.
+    batch_size
+        Samples per compiled pass.
+    method
+        What error messages call the method.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((3,))
+    >>> hidden = keras.layers.Dense(4, activation="relu", use_bias=False)(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False)(keras.layers.Add()([hidden, hidden])))
+    >>> x = np.random.default_rng(0).random((5, 3)).astype("float32")
+    >>> R = lrp(model, x, target=0)
+    >>> bool(np.allclose(R.sum(axis=1), model.predict(x, verbose=0)[:, 0], atol=1e-5))
+    True
     """
-    propagate = _propagation(model, composite or Composite(), max_pooling)
+    composite = composite if composite is not None else Composite()
+    if max_pooling is not None:
+        if not isinstance(composite, Composite):
+            raise TypeError("max_pooling applies to an LRP Composite; set the rule of 'max_pool' steps in by_type instead")
+        composite = replace(composite, max_pooling=max_pooling)
+    propagate = _propagation(model, composite, method)
+    _check_box(model, x, composite)
     return run_batched(model, x, target, lambda xb, tb: propagate(xb, tb)[0], batch_size=batch_size)
 
 
@@ -648,28 +518,43 @@ def layer_relevances(
     target: Target = None,
     *,
     composite: Composite | None = None,
-    max_pooling: str = "winner_take_all",
+    max_pooling: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[tuple[str, np.ndarray]]:
-    """The relevance at every layer boundary, from the input to the logits (for conservation plots).
+    """The relevance at every layer's output, from the input to the logits (for conservation plots).
 
-    Returns ``[("input", R_0), (name_1, R_1), ..., (name_L, R_L)]`` where ``R_l`` is the
-    relevance of the outputs of layer ``name_l`` and ``R_L`` is the starting relevance at the
-    logits. With a conservative composite every ``R_l`` has the same sum.
+    Returns ``[("input", R_0), (name_1, R_1), ..., (name_L, R_L)]`` in topological order, where
+    ``R_l`` is the relevance of the outputs of layer ``name_l`` (summed over the layers that read
+    them) and ``R_L`` the starting relevance at the logits. A layer's fused activation passes
+    relevance unchanged and has no entry of its own. With a conservative composite every ``R_l``
+    of a chain has the same sum.
     """
+    composite = composite if composite is not None else Composite()
+    if max_pooling is not None:
+        composite = replace(composite, max_pooling=max_pooling)
     validate_model(model)
     x = validate_input(model, x)
     targets = resolve_target(model, x, target, batch_size)
-    propagate = _propagation(model, composite or Composite(), max_pooling)
+    propagate = _propagation(model, composite, "LRP")
+    graph = trace(model)
+    shown = [node for node in graph.nodes if not node.op.name.endswith(".activation")]
     batches = [
         propagate(tf.constant(x[i : i + batch_size]), tf.constant(targets[i : i + batch_size]))
         for i in range(0, len(x), batch_size)
     ]
-    names = ["input"] + [step.name for step in plan(model)]
-    return [
-        (name, np.concatenate([batch[layer].numpy() for batch in batches], axis=0))
-        for layer, name in enumerate(names)
-    ]
+
+    def gathered(value: int) -> np.ndarray:
+        return np.concatenate([batch[value].numpy() for batch in batches], axis=0)
+
+    return [("input", gathered(0))] + [(node.op.name, gathered(_after_activation(graph, node))) for node in shown]
+
+
+def _after_activation(graph: Any, node: Any) -> int:
+    """The value a layer's relevance is read at: after its fused activation, if it has one."""
+    for other in graph.nodes:
+        if other.inputs == [node.output] and other.op.name == f"{node.op.name}.activation":
+            return other.output
+    return node.output
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,7 +571,7 @@ def lrp_z(
     max_pooling: str = "winner_take_all", batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> np.ndarray:
     """LRP-0 on every layer: :class:`Epsilon` with :math:`\\epsilon = 0` (§4.3)."""
-    return lrp(model, x, target, composite=Composite(Epsilon(0.0, bias)), max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=Composite(Epsilon(0.0, bias)), max_pooling=max_pooling, batch_size=batch_size, method="lrp.z")
 
 
 @register("lrp.epsilon")
@@ -697,7 +582,7 @@ def lrp_epsilon(
     """LRP-ε on every layer (:class:`Epsilon`): weak or contradictory contributions are absorbed
     by the stabiliser :math:`\\epsilon`, which makes the explanation sparser and less noisy."""
     composite = Composite(Epsilon(epsilon, bias))
-    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="lrp.epsilon")
 
 
 @register("lrp.gamma")
@@ -707,7 +592,7 @@ def lrp_gamma(
 ) -> np.ndarray:
     """LRP-γ on every layer (:class:`Gamma`)."""
     composite = Composite(Gamma(gamma, bias))
-    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="lrp.gamma")
 
 
 @register("lrp.alpha_beta")
@@ -717,7 +602,7 @@ def lrp_alpha_beta(
 ) -> np.ndarray:
     """LRP-αβ on every layer (:class:`AlphaBeta`; α − β = 1, default α2β1)."""
     composite = Composite(AlphaBeta(alpha, beta, bias))
-    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="lrp.alpha_beta")
 
 
 @register("lrp.zplus")
@@ -726,7 +611,7 @@ def lrp_zplus(
     max_pooling: str = "winner_take_all", batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> np.ndarray:
     """The z⁺ rule on every layer, the input layer included (:class:`ZPlus`)."""
-    return lrp(model, x, target, composite=Composite(ZPlus()), max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=Composite(ZPlus()), max_pooling=max_pooling, batch_size=batch_size, method="lrp.zplus")
 
 
 @register("lrp.w_square")
@@ -736,7 +621,7 @@ def lrp_w_square(
 ) -> np.ndarray:
     """Deep Taylor decomposition for unbounded inputs: w² on the input layer, z⁺ above (§5.2)."""
     composite = Composite(ZPlus(), first=WSquare())
-    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="lrp.w_square")
 
 
 @register("lrp.flat")
@@ -747,7 +632,7 @@ def lrp_flat(
     """The flat rule on the input layer, z⁺ above: the input layer spreads relevance uniformly
     over each receptive field, showing *where* the relevance is, not which pixel carries it."""
     composite = Composite(ZPlus(), first=Flat())
-    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="lrp.flat")
 
 
 @register("deep_taylor")
@@ -758,7 +643,7 @@ def deep_taylor(
     """Deep Taylor decomposition for inputs in a box (§5.2): z^B with box
     ``[low, high]`` on the input layer, z⁺ on every layer above."""
     composite = Composite(ZPlus(), first=ZBox(low, high))
-    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="deep_taylor")
 
 
 @register("lrp.composite")
@@ -772,4 +657,4 @@ def lrp_composite(
     composite = Composite(
         Epsilon(epsilon), first=ZBox(low, high), last=Epsilon(0.0), by_type={"conv": Gamma(gamma)}
     )
-    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size)
+    return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="lrp.composite")

@@ -42,7 +42,8 @@ from .attribution import (
     compile_function,
     explain,
     gaussian_blur,
-    predict_logits,
+    class_scores,
+    n_classes,
     resolve_reference,
     resolve_target,
     validate_input,
@@ -582,9 +583,9 @@ def pixel_flipping(
             perturbed = impute(repeated, masks.reshape(-1, *spatial))
         else:
             perturbed = np.where(removed, fill_values[rows][:, None], x[rows][:, None])
-        logits = predict_logits(model, perturbed.reshape(-1, *x.shape[1:]).astype(np.float32), batch_size=batch_size)
+        scores = class_scores(model, perturbed.reshape(-1, *x.shape[1:]).astype(np.float32), batch_size=batch_size)
         chunk_targets = np.repeat(targets[rows], len(ks))
-        curves[rows] = logits[np.arange(len(chunk_targets)), chunk_targets].reshape(-1, len(ks))
+        curves[rows] = scores[np.arange(len(chunk_targets)), chunk_targets].reshape(-1, len(ks))
     return curves
 
 
@@ -1119,7 +1120,7 @@ def random_logit_test(
     validate_model(model)
     x = validate_input(model, x)
     targets = resolve_target(model, x, target)
-    others = random_other_class(targets, int(model.outputs[0].shape[-1]), seed=seed)
+    others = random_other_class(targets, n_classes(model), seed=seed)
     return RandomLogit(
         targets, others, explain(model, x, method, targets, **params), explain(model, x, method, others, **params)
     )
