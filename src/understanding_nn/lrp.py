@@ -244,7 +244,7 @@ class AlphaBeta(LinearRule):
         pairs = [(a_pos, w_pos), (a_neg, w_neg)] if sign > 0 else [(a_pos, w_neg), (a_neg, w_pos)]
         bias = self._bias(op, self.bias, (lambda b: tf.nn.relu(b)) if sign > 0 else (lambda b: -tf.nn.relu(-b)))
         z = sum(op.affine(parts, weights) for parts, weights in pairs)
-        s = divide(relevance, z if bias is None else z + bias)
+        s = divide(relevance, op.add_bias(z, bias))
         shares = [[a * c for a, c in zip(parts, op.transpose(parts, weights, s))] for parts, weights in pairs]
         return [first + second for first, second in zip(*shares)]
 
@@ -649,12 +649,18 @@ def deep_taylor(
 @register("lrp.composite")
 def lrp_composite(
     model: keras.Model, x: Any, target: Target = None, *, epsilon: float = 0.25, gamma: float = 0.25,
-    low: float = 0.0, high: float = 1.0, max_pooling: str = "winner_take_all",
+    low: float = 0.0, high: float = 1.0, composite: Composite | None = None, max_pooling: str = "winner_take_all",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> np.ndarray:
     """The per-layer rules recommended in §6: z^B on the input layer, LRP-γ on the other
-    convolutions, LRP-ε on the dense layers in the middle, LRP-0 on the logit layer."""
-    composite = Composite(
-        Epsilon(epsilon), first=ZBox(low, high), last=Epsilon(0.0), by_type={"conv": Gamma(gamma)}
-    )
+    convolutions, LRP-ε on the dense layers in the middle, LRP-0 on the logit layer.
+
+    ``composite`` replaces them by any :class:`Composite` of your own (then ``epsilon``,
+    ``gamma``, ``low`` and ``high`` are not used), so that ``explain(model, x, "lrp.composite",
+    composite=...)`` runs custom rules through the uniform call.
+    """
+    if composite is None:
+        composite = Composite(
+            Epsilon(epsilon), first=ZBox(low, high), last=Epsilon(0.0), by_type={"conv": Gamma(gamma)}
+        )
     return lrp(model, x, target, composite=composite, max_pooling=max_pooling, batch_size=batch_size, method="lrp.composite")

@@ -148,6 +148,8 @@ def _inputs(inputs: Any) -> list[tf.Tensor]:
 
 def _vjp(forward: Callable[[list[tf.Tensor]], tf.Tensor], inputs: list[tf.Tensor], signal: tf.Tensor) -> list[tf.Tensor]:
     """The vector-Jacobian product of ``forward`` at ``inputs`` with ``signal`` (the chain rule)."""
+    # Separate copies, so that a tensor given twice (Add()([h, h])) gets each input's share once.
+    inputs = [tf.identity(a) for a in inputs]
     with tf.GradientTape() as tape:
         tape.watch(inputs)
         output = forward(inputs)
@@ -250,6 +252,10 @@ class LinearOp(Op):
         list of tensors, or one tensor for a step with a single input."""
         raise NotImplementedError
 
+    def add_bias(self, z: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
+        """``z`` plus a bias shaped like :attr:`bias` (``None``: no bias)."""
+        return z if bias is None else z + bias
+
     def transpose(self, inputs: Any, kernel: tf.Tensor, s: tf.Tensor) -> list[tf.Tensor] | tf.Tensor:
         """:math:`c_j = \\sum_k w_{jk} s_k` for every input: the transpose of :meth:`affine`
         (a list for a list of inputs, a tensor for a single tensor)."""
@@ -331,6 +337,9 @@ class WeightedOp(LinearOp):
             if padding == "causal":
                 a, padding = keras.ops.pad(a, layer._compute_causal_padding()), "valid"
             z = keras.ops.conv(a, kernel, layer.strides, padding, layer.data_format, layer.dilation_rate)
+        return self.add_bias(z, bias)
+
+    def add_bias(self, z: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
         if bias is None:
             return z
         if self.channel_axis == 1:
