@@ -313,7 +313,7 @@ def test_cam_refuses_a_layer_other_than_the_pooled_one(gap_model, images12):
 def test_a_model_without_convolutions_is_refused(make_dense_net):
     model = make_dense_net(hidden=(8,), input_shape=(6, 6, 1))
     x = np.zeros((2, 6, 6, 1), np.float32)
-    with pytest.raises(UnsupportedModelError, match="no Conv2D layer"):
+    with pytest.raises(UnsupportedModelError, match="no 2-D convolution"):
         unn.explain(model, x, "grad_cam", 0)
     flat_input = make_dense_net(hidden=(8,), input_shape=(36,))
     with pytest.raises(UnsupportedModelError, match="need image inputs"):
@@ -396,3 +396,45 @@ def test_compiled_functions_do_not_keep_the_model_alive(images12):
 
 def test_methods_constant_lists_this_modules_methods():
     assert unn.cam.METHODS == tuple(METHODS)
+
+
+def _gap_net(data_format, seed=40):
+    keras.utils.set_random_seed(seed)
+    shape = (1, 12, 12) if data_format == "channels_first" else (12, 12, 1)
+    return keras.Sequential([
+        keras.Input(shape), keras.layers.Conv2D(4, 3, activation="relu", data_format=data_format),
+        keras.layers.Conv2D(5, 3, activation="relu", data_format=data_format, name="maps"),
+        keras.layers.GlobalAveragePooling2D(data_format=data_format), keras.layers.Dense(3, activation="softmax"),
+    ])
+
+
+@pytest.mark.parametrize("method", ["cam", "grad_cam", "grad_cam_plus_plus"])
+def test_channels_first_models_get_the_same_maps_in_their_own_layout(method):
+    """A channels-first network with the weights of a channels-last one explains the transposed
+    digits with the transposed maps."""
+    last, first = _gap_net("channels_last"), _gap_net("channels_first")
+    first.set_weights(last.get_weights())
+    x = np.random.default_rng(41).uniform(0, 1, size=(4, 12, 12, 1)).astype(np.float32)
+    x_first = x.transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(first(x_first).numpy(), last(x).numpy(), rtol=1e-5, atol=1e-6)
+    expected = unn.explain(last, x, method, target=[0, 1, 2, 0])
+    ours = unn.explain(first, x_first, method, target=[0, 1, 2, 0])
+    assert ours.shape == x_first.shape
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(ours, expected.transpose(0, 3, 1, 2), rtol=1e-4, atol=1e-6)
+    small = unn.explain(first, x_first, method, target=0, upsample=False)
+    np.testing.assert_allclose(small, unn.explain(last, x, method, target=0, upsample=False), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["cam", "grad_cam"])
+def test_maps_of_a_nested_model(method):
+    """keras.Model(inputs, net(inputs)) with a softmax inside net: the same maps as net itself."""
+    net = _gap_net("channels_last", seed=42)
+    inputs = keras.Input((12, 12, 1))
+    wrapped = keras.Model(inputs, net(inputs))
+    x = np.random.default_rng(43).uniform(0, 1, size=(3, 12, 12, 1)).astype(np.float32)
+    np.testing.assert_allclose(unn.explain(wrapped, x, method, target=1), unn.explain(net, x, method, target=1), rtol=1e-6)
+    assert f"{net.name}/maps" in unn.cam.map_layers(wrapped)
+    np.testing.assert_allclose(
+        unn.explain(wrapped, x, "grad_cam", target=1, layer=f"{net.name}/maps"), unn.explain(net, x, "grad_cam", target=1, layer="maps"), rtol=1e-6
+    )

@@ -29,13 +29,14 @@ cluttered-MNIST canvases (:func:`understanding_nn.data.cluttered_mnist`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .propagation import Graph, trace
+from .propagation import Graph, Node, trace
 from .attribution import (
     DEFAULT_BATCH_SIZE,
     Target,
@@ -62,126 +63,149 @@ __all__ = [
 
 # The registered names of this module's methods: they need image inputs and a convolutional layer.
 METHODS = ("cam", "grad_cam", "grad_cam_plus_plus")
-_SQUASHING = ("softmax", "sigmoid")
 
 
 # --------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------
 
-
-def _layers(model: keras.Model) -> list[keras.layers.Layer]:
-    return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+_CONV_2D = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D, keras.layers.Conv2DTranspose)
 
 
-def map_layers(model: keras.Model) -> list[str]:
-    """Names of the layers of ``model`` whose output is a stack of feature maps, shape
-    ``(batch, height, width, channels)``: the layers a class activation map can be computed at."""
-    validate_model(model)
-    return [layer.name for layer in _layers(model) if len(layer.output.shape) == 4]
+@dataclass(frozen=True)
+class _Features:
+    """Where the feature maps are read: a value of the model's (unfolded) graph, the layer that
+    computes it, and whether its channels come first."""
+
+    value: int
+    name: str
+    channels_first: bool
 
 
-def _feature_layer(model: keras.Model, layer: str | None) -> keras.layers.Layer:
-    """The layer named ``layer``, or the last Conv2D layer of ``model`` if ``layer`` is None."""
+def _graph(model: keras.Model) -> Graph:
+    """The model's graph with every layer's own output a value (batch norms not folded)."""
+    return trace(model, fold=False)
+
+
+def _image_model(model: keras.Model) -> Graph:
     validate_model(model)
     if len(model.inputs[0].shape) != 4:
         raise UnsupportedModelError(
             f"model {model.name!r} takes inputs of shape {tuple(model.inputs[0].shape)}; class activation "
             "maps need image inputs, shape (batch, height, width, channels)"
         )
-    candidates = map_layers(model)
+    return _graph(model)
+
+
+def _map_nodes(graph: Graph) -> list[Node]:
+    """The last step of every layer whose output is a stack of feature maps."""
+    last: dict[str, Node] = {}
+    for node in graph.nodes:
+        if len(graph.shapes[node.output]) == 4:
+            last[node.op.name.removesuffix(".activation")] = node
+    return list(last.values())
+
+
+def map_layers(model: keras.Model) -> list[str]:
+    """Names of the layers of ``model`` whose output is a stack of feature maps, shape
+    ``(batch, height, width, channels)`` (or channels first): the layers a class activation map
+    can be computed at. Layers of nested models are named by their path, ``"block/conv"``."""
+    return [node.op.name.removesuffix(".activation") for node in _map_nodes(_image_model(model))]
+
+
+def _channels_first(op: Any) -> bool:
+    return getattr(op.layer, "data_format", "channels_last") == "channels_first"
+
+
+def _feature_layer(model: keras.Model, layer: str | None) -> _Features:
+    """The feature maps of the layer named ``layer``, or of the last 2-D convolution if ``None``."""
+    graph = _image_model(model)
+    maps = _map_nodes(graph)
+    candidates = [node.op.name.removesuffix(".activation") for node in maps]
     if layer is None:
-        convolutions = [lay for lay in _layers(model) if isinstance(lay, keras.layers.Conv2D)]
+        convolutions = [node for node in graph.nodes if isinstance(node.op.layer, _CONV_2D)]
         if not convolutions:
             raise UnsupportedModelError(
-                f"model {model.name!r} has no Conv2D layer to take the default feature maps from; "
+                f"model {model.name!r} has no 2-D convolution to take the default feature maps from; "
                 f"name a layer with the argument layer (layers with feature maps: {', '.join(candidates) or 'none'})"
             )
-        return convolutions[-1]
+        node = convolutions[-1]
+        value = graph.value_of(node.op.name)
+        return _Features(value, node.op.name, _channels_first(node.op))
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a layer name (str) or None, got {type(layer).__name__}")
-    names = [lay.name for lay in _layers(model)]
-    if layer not in names:
+    try:
+        value = graph.value_of(layer)
+    except ValueError:
+        names = sorted({node.op.name.removesuffix(".activation") for node in graph.nodes})
         raise ValueError(
             f"model {model.name!r} has no layer named {layer!r}; its layers with feature maps are: "
             f"{', '.join(candidates) or 'none'} (all layers: {', '.join(names)})"
-        )
-    chosen = model.get_layer(layer)
-    if layer not in candidates:
+        ) from None
+    if len(graph.shapes[value]) != 4:
         raise ValueError(
-            f"layer {layer!r} outputs shape {tuple(chosen.output.shape)}, not feature maps "
+            f"layer {layer!r} outputs shape {graph.shapes[value]}, not feature maps "
             f"(batch, height, width, channels); layers with feature maps: {', '.join(candidates) or 'none'}"
         )
-    return chosen
+    producer = next(node for node in graph.nodes if node.output == value)
+    return _Features(value, layer, _channels_first(producer.op))
 
 
-def _maps_and_logits(model: keras.Model, layer: keras.layers.Layer) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """A function ``x -> (A, S(x))``: the feature maps of ``layer`` and the logits, from one
-    forward pass in inference mode, so that gradients of the logits with respect to ``A`` exist.
+def _maps_and_logits(model: keras.Model, features: _Features) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+    """A function ``(x, tape) -> (A, z(x))``: the feature maps (channels last) and the logits,
+    from one forward pass of the model's graph in inference mode in which ``tape`` watches the
+    maps, so that gradients of the logits with respect to them exist. The logits are found from
+    the graph, as for every method."""
+    graph = _graph(model)
 
-    As in :func:`understanding_nn.attribution.logit_function`, a final softmax or sigmoid (a
-    separate layer, or the activation of the last Dense layer) is left out.
-    """
-    last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    squashing = getattr(activation, "__name__", None) in _SQUASHING
-    separate = isinstance(last, keras.layers.Softmax) or (isinstance(last, keras.layers.Activation) and squashing)
-    if separate or squashing:
-        if squashing and not separate and not isinstance(last, keras.layers.Dense):
-            raise UnsupportedModelError(
-                f"the last layer {last.name!r} ({type(last).__name__}) applies a {activation.__name__}; "
-                "only a Dense layer's or a separate activation layer's squashing can be removed"
-            )
-        joint = keras.Model(model.inputs, [layer.output, last.input])
-    else:
-        joint = keras.Model(model.inputs, [layer.output, model.outputs[0]])
-
-    def maps_and_logits(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        maps, scores = joint(x, training=False)
-        if squashing and not separate:
-            scores = tf.matmul(scores, last.kernel)
-            if last.use_bias:
-                scores = scores + last.bias
-        return maps, scores
+    def maps_and_logits(x: tf.Tensor, tape: tf.GradientTape | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        values = graph.run(x, watch=None if tape is None else (features.value, tape))
+        return values[features.value], values[graph.logit]
 
     return maps_and_logits
 
 
-def _gap_head(model: keras.Model, layer: str | None) -> tuple[keras.layers.Layer, keras.layers.Dense]:
-    """The layer whose maps enter the global average pooling, and the dense layer after it;
-    refuses a model whose head is not global average pooling followed by one dense layer."""
-    layers = _layers(model)
-    head = [lay for lay in layers if not isinstance(lay, keras.layers.Dropout)]
-    names = ", ".join(f"{lay.name} ({type(lay).__name__})" for lay in head[-3:])
-    def squashing(lay: keras.layers.Layer) -> bool:
-        return getattr(getattr(lay, "activation", None), "__name__", None) in _SQUASHING
+def _channels_last(maps: tf.Tensor, features: _Features) -> tf.Tensor:
+    return tf.transpose(maps, (0, 2, 3, 1)) if features.channels_first else maps
 
-    tail = head[-1]
-    # A final softmax or sigmoid is left out, as everywhere (the map explains the logit).
-    if isinstance(tail, keras.layers.Softmax) or (isinstance(tail, keras.layers.Activation) and squashing(tail)):
-        head = head[:-1]
+
+def _gap_head(model: keras.Model, layer: str | None) -> tuple[_Features, keras.layers.Dense]:
+    """The maps that enter the global average pooling, and the dense layer after it; refuses a
+    model whose logits are not one linear Dense layer on a global average pooling."""
+    graph = _image_model(model)
+    producer = {node.output: node for node in graph.nodes}
+    head = producer[graph.logit]
+    path = [head]
+    while True:
+        before = producer.get(path[-1].inputs[0]) if path[-1].inputs else None
+        if before is None or before.op.kind != "identity":
+            break
+        path.append(before)
+    pooling = producer.get(path[-1].inputs[0]) if path[-1].inputs else None
+    ending = ", ".join(f"{node.op.name} ({node.op.layer_type})" for node in graph.nodes[-3:])
     if (
-        len(head) < 3
-        or type(head[-2]) is not keras.layers.GlobalAveragePooling2D
-        or head[-2].keepdims
-        or type(head[-1]) is not keras.layers.Dense
-        or not (squashing(head[-1]) or head[-1].activation.__name__ == "linear")
+        head.op.kind != "dense"
+        or pooling is None
+        or type(pooling.op.layer) is not keras.layers.GlobalAveragePooling2D
+        or pooling.op.layer.keepdims
+        or pooling.inputs[0] == 0
     ):
         raise UnsupportedModelError(
             f"cam needs a network that ends in global average pooling followed by one linear Dense layer "
-            f"(Zhou et al. 2016); model {model.name!r} ends in {names}. "
+            f"(Zhou et al. 2016); model {model.name!r} ends in {ending}. "
             "Use grad_cam, which works with any head"
         )
-    pooling, dense = head[-2], head[-1]
-    features = layers[layers.index(pooling) - 1]
+    value = pooling.inputs[0]
+    maker = producer[value]
+    features = _Features(value, maker.op.name.removesuffix(".activation"), pooling.op.layer.data_format == "channels_first")
     if layer is not None:
         chosen = _feature_layer(model, layer)
-        if chosen is not features:
+        if chosen.value != features.value:
             raise ValueError(
                 f"cam is defined on the feature maps that enter the global average pooling, the output "
                 f"of layer {features.name!r}; got layer={layer!r} (use grad_cam for other layers)"
             )
-    return features, dense
+    return features, head.op.layer
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,26 +220,32 @@ def _check_flags(upsample: Any, relu: Any) -> None:
 
 
 def _finish(
-    weighted: tf.Tensor, x: tf.Tensor, *, upsample: bool, relu: bool
+    weighted: tf.Tensor, x: tf.Tensor, *, upsample: bool, relu: bool, channels_first: bool = False
 ) -> tf.Tensor:
     """From the weighted sum :math:`\\sum_k w_k A^k` (batch, h, w) to the returned map."""
     if relu:
         weighted = tf.nn.relu(weighted)
     if not upsample:
         return weighted
-    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    if channels_first:
+        channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    else:
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     resized = tf.image.resize(weighted[..., None], (height, width), method="bilinear")
     # Relevance is additive over channels (the plots sum them), so a colour image shares the
     # map evenly among its channels.
-    return tf.tile(resized / channels, [1, 1, 1, channels])
+    shared = tf.tile(resized / channels, [1, 1, 1, channels])
+    return tf.transpose(shared, (0, 3, 1, 2)) if channels_first else shared
 
 
-def _target_gradient(graph: Graph, maps_and_logits: Callable, x: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Feature maps :math:`A` and :math:`\\partial S_c / \\partial A`, for every sample's target."""
+def _target_gradient(graph: Graph, maps_and_logits: Callable, features: _Features, x: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Feature maps :math:`A` and :math:`\\partial S_c / \\partial A` (channels last), for every
+    sample's target."""
     with tf.GradientTape() as tape:
-        maps, logits = maps_and_logits(x)
+        maps, logits = maps_and_logits(x, tape)
         score = graph.target_score(logits, target)
-    return maps, tape.gradient(score, maps)
+    gradients = tape.gradient(score, maps)
+    return _channels_last(maps, features), _channels_last(gradients, features)
 
 
 def _grad_cam_plus_plus_weights(maps: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
@@ -235,31 +265,27 @@ def _batch_function(model: keras.Model, method: str, layer: str | None, *, upsam
         features, dense = _gap_head(model, layer)
     else:
         features = _feature_layer(model, layer)
+    # The map is drawn in the input's layout, which the feature maps' layout stands for.
+    channels_first = features.channels_first
 
     def build() -> Any:
-        if method == "cam":
-            body = keras.Model(model.inputs, features.output)
+        maps_and_logits = _maps_and_logits(model, features)
+        graph = _graph(model)
 
-            def batch(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-                maps = body(x, training=False)
+        def batch(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+            if method == "cam":
+                maps = _channels_last(maps_and_logits(x)[0], features)
                 weights = tf.gather(tf.transpose(dense.kernel), target)
-                if weights_only:
-                    return weights
-                return _finish(tf.einsum("bhwk,bk->bhw", maps, weights), x, upsample=upsample, relu=relu)
-
-        else:
-            maps_and_logits = _maps_and_logits(model, features)
-            graph = trace(model)
-
-            def batch(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-                maps, grads = _target_gradient(graph, maps_and_logits, x, target)
+            else:
+                maps, grads = _target_gradient(graph, maps_and_logits, features, x, target)
                 if method == "grad_cam":
                     weights = tf.reduce_mean(grads, axis=(1, 2))
                 else:
                     weights = _grad_cam_plus_plus_weights(maps, grads)
-                if weights_only:
-                    return weights
-                return _finish(tf.einsum("bhwk,bk->bhw", maps, weights), x, upsample=upsample, relu=relu)
+            if weights_only:
+                return weights
+            weighted = tf.einsum("bhwk,bk->bhw", maps, weights)
+            return _finish(weighted, x, upsample=upsample, relu=relu, channels_first=channels_first)
 
         return compile_batch_function(model, batch)
 
@@ -406,8 +432,8 @@ def feature_maps(
     x = validate_input(model, x)
 
     def build() -> Any:
-        body = keras.Model(model.inputs, features.output)
-        return compile_batch_function(model, lambda xb: body(xb, training=False), target=False)
+        graph = _graph(model)
+        return compile_batch_function(model, lambda xb: graph.run(xb, until=features.value)[features.value], target=False)
 
     forward = compiled(model, f"feature_maps:{features.name}", build)
     return np.concatenate([forward(tf.constant(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)])

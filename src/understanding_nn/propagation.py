@@ -569,6 +569,7 @@ class Graph:
     squashing: str | None
     n_outputs: int
     model_name: str
+    shapes: list[tuple[int | None, ...]] = field(default_factory=list)
 
     @property
     def binary(self) -> bool:
@@ -579,13 +580,33 @@ class Graph:
         """The number of classes a target can name: 2 for a single logit, else one per logit."""
         return 2 if self.binary else self.n_outputs
 
-    def run(self, x: tf.Tensor) -> list[tf.Tensor]:
-        """Every value of the graph for the batch ``x``: ``values[0]`` is ``x``, ``values[logit]`` the logits."""
+    def run(self, x: tf.Tensor, *, until: int | None = None, watch: tuple[int, tf.GradientTape] | None = None) -> list[tf.Tensor]:
+        """Every value of the graph for the batch ``x``: ``values[0]`` is ``x``, ``values[logit]``
+        the logits. ``until`` stops once that value is computed; ``watch=(value, tape)`` has
+        ``tape`` watch that value, so that gradients with respect to it can be taken."""
         values: list[Any] = [None] * (self.logit + 1)
         values[0] = x
+        if watch is not None and watch[0] == 0:
+            watch[1].watch(x)
         for node in self.nodes:
             values[node.output] = node.op.forward([values[i] for i in node.inputs])
+            if watch is not None and node.output == watch[0]:
+                watch[1].watch(values[node.output])
+            if node.output == until:
+                break
         return values
+
+    def value_of(self, layer: str) -> int:
+        """The value computed by the Keras layer named ``layer`` (after its fused activation;
+        a nested model's layer may be named by its path, ``"block/conv"``, or by its own name)."""
+        found = None
+        for node in self.nodes:
+            names = node.op.names()
+            if layer in names or f"{layer}.activation" in names:
+                found = node.output
+        if found is None:
+            raise ValueError(f"model {self.model_name!r} has no layer named {layer!r}")
+        return found
 
     def logits(self, x: tf.Tensor) -> tf.Tensor:
         return self.run(x)[self.logit]
@@ -634,27 +655,31 @@ class Graph:
         return first, last
 
 
-_GRAPHS: weakref.WeakKeyDictionary[keras.Model, Graph] = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[keras.Model, dict[bool, Graph]] = weakref.WeakKeyDictionary()
 
 
-def trace(model: keras.Model) -> Graph:
+def trace(model: keras.Model, *, fold: bool = True) -> Graph:
     """The :class:`Graph` of ``model``, built once per model.
+
+    ``fold=False`` keeps every batch normalization a step of its own, so that every layer's own
+    output is a value of the graph (class activation maps read them).
 
     Raises :class:`UnsupportedModelError` for a model without symbolic inputs and outputs, with
     several inputs or outputs, or whose output cannot be traced to its logit.
     """
-    if model in _GRAPHS:
-        return _GRAPHS[model]
+    graphs = _GRAPHS.setdefault(model, {})
+    if fold in graphs:
+        return graphs[fold]
     builder = _Builder()
     inputs, outputs = _model_io(model)
     if len(inputs) != 1 or len(outputs) != 1:
         raise UnsupportedModelError(
             f"model {model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs; explanations need exactly one of each"
         )
+    builder.shapes[0] = tuple(inputs[0].shape)
     (output,) = builder.expand(model, [0], prefix="")
-    graph = builder.finish(model, output)
-    _GRAPHS[model] = graph
-    return graph
+    graphs[fold] = builder.finish(model, output, fold=fold)
+    return graphs[fold]
 
 
 def _model_io(model: keras.Model) -> tuple[list[Any], list[Any]]:
@@ -677,6 +702,7 @@ class _Builder:
         self.nodes: list[Node] = []
         self.count = 1  # value 0 is the model's input
         self.keep: list[Any] = []  # the Keras tensors whose ids index the maps below stay alive
+        self.shapes: dict[int, tuple[int | None, ...]] = {}
 
     def new_value(self) -> int:
         self.count += 1
@@ -712,11 +738,13 @@ class _Builder:
         for step in steps:
             output = self.new_value()
             self.nodes.append(Node(step, value_inputs, output))
+            self.shapes[output] = tuple(node.outputs[0].shape)  # a split activation keeps the shape
             value_inputs = [output]
         return value_inputs[0]
 
-    def finish(self, model: keras.Model, output: int) -> Graph:
-        self._fold_batch_norms()
+    def finish(self, model: keras.Model, output: int, fold: bool = True) -> Graph:
+        if fold:
+            self._fold_batch_norms()
         producer = {node.output: node for node in self.nodes}
         squashing = None
         last = producer.get(output)
@@ -746,7 +774,8 @@ class _Builder:
                 f"model {model.name!r} outputs shape {shape}; explanations need one score per class, "
                 "shape (batch, n_classes)"
             )
-        return Graph(nodes, order[output], squashing, int(shape[1]), model.name)
+        shapes = [self.shapes[value] for value in sorted(order, key=order.get)]
+        return Graph(nodes, order[output], squashing, int(shape[1]), model.name, shapes)
 
     def _fold_batch_norms(self) -> None:
         readers: dict[int, int] = {}
