@@ -666,3 +666,34 @@ def test_every_refusal_names_the_layer_its_type_and_the_method(name, method):
     with pytest.raises(UnsupportedModelError, match=f"'{name}' \\({layer_type}\\) cannot be explained by {method}"):
         unn.explain(model, x, method, target=0)
     unn.explain(model, x, "gradient", target=0)  # the gradient needs no rule
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs outside what a method assumes
+# --------------------------------------------------------------------------------------------
+
+
+def test_float64_inputs_beyond_float32_are_refused():
+    model = residual_net(seed=22)
+    x = _inputs(model, n=2).astype(np.float64)
+    x[0, 0, 0, 0] = 1e300
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        unn.explain(model, x, "gradient", target=0)
+
+
+@pytest.mark.parametrize("method, params", [("deeplift", {"reference": "uniform"}), ("integrated_gradients", {"baseline": "uniform"})])
+def test_the_uniform_reference_refuses_data_outside_its_range(method, params):
+    model = residual_net(seed=23)
+    x = _inputs(model, n=2, low=0, high=255)
+    with pytest.raises(ValueError, match="draws values in \\[0, 1\\].*x lies in \\[0.*, 25"):
+        unn.explain(model, x, method, target=0, **params)
+
+
+@pytest.mark.parametrize("method", ["deep_taylor", "lrp.composite"])
+def test_the_z_box_refuses_inputs_outside_its_box(method):
+    model = residual_net(seed=24)
+    x = _inputs(model, n=2, low=0, high=255)
+    with pytest.raises(ValueError, match="z\\^B rule assumes inputs in \\[0, 1\\], but x lies in \\[0"):
+        unn.explain(model, x, method, target=0)
+    relevance = unn.explain(model, x, method, target=0, low=0.0, high=255.0)
+    assert np.isfinite(relevance).all()

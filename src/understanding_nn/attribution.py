@@ -208,6 +208,12 @@ def validate_input(model: keras.Model, x: Any) -> np.ndarray:
     finite = np.isfinite(x)
     if not finite.all():
         raise ValueError(f"x contains {int((~finite).sum())} NaN or infinite values")
+    largest = float(np.abs(x).max())
+    if largest > np.finfo(np.float32).max:
+        raise ValueError(
+            f"x holds values up to {largest:.3g}, beyond float32's range (about 3.4e38), in which the "
+            "model computes; rescale the inputs"
+        )
     return x.astype(np.float32, copy=False)
 
 
@@ -425,8 +431,8 @@ def resolve_reference(
     """The reference (baseline) input of every sample of the validated batch ``x``, shape ``x.shape``.
 
     ``reference`` is ``"zeros"`` (a black image), ``"blur"`` (each input blurred with a Gaussian
-    of ``blur_sigma`` pixels), ``"uniform"`` (uniform noise on the data range [0, 1], drawn
-    with ``seed``), or an array: one input (for example the mean training image, broadcast to
+    of ``blur_sigma`` pixels), ``"uniform"`` (uniform noise on the book's pixel range [0, 1],
+    drawn with ``seed``; refused for inputs outside that range), or an array: one input (for example the mean training image, broadcast to
     every sample) or one reference per sample. ``name`` is what error messages call it.
     """
     if isinstance(reference, str):
@@ -435,6 +441,13 @@ def resolve_reference(
         if reference == "blur":
             return gaussian_blur(x, blur_sigma)
         if reference == "uniform":
+            low, high = float(x.min()), float(x.max())
+            if low < 0.0 or high > 1.0:
+                raise ValueError(
+                    f"the 'uniform' {name} draws values in [0, 1], the book's pixel range, but x lies in "
+                    f"[{low:.3g}, {high:.3g}]; pass an array instead, for example "
+                    f"np.random.default_rng(0).uniform({low:.3g}, {high:.3g}, size=x.shape[1:])"
+                )
             return np.random.default_rng(seed).uniform(0.0, 1.0, size=x.shape).astype(np.float32)
         raise ValueError(f"{name} must be 'zeros', 'blur', 'uniform' or an array, got {reference!r}")
     reference = np.asarray(reference.numpy() if isinstance(reference, tf.Tensor) else reference)
