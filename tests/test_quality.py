@@ -600,7 +600,7 @@ def test_sensitivity_jumps_at_the_crossing(max_model):
 
 def test_gradient_x_input_jumps_by_one_plus_the_new_coordinate(max_model):
     x = _max_sequence()
-    relevance = unn.explain(max_model, x, "gradient_x_input", 0)
+    relevance = unn.explain(max_model, x, "gradient_x_input", 1)  # one logit: target 1 explains it
     expected = np.where((T_GRID < 1)[:, None], np.stack([np.ones(8), np.zeros(8)], 1), np.stack([np.zeros(8), T_GRID], 1))
     np.testing.assert_allclose(relevance, expected, atol=1e-6)
     after = T_GRID[T_GRID > 1][0]
@@ -614,7 +614,7 @@ def test_gradient_x_input_jumps_by_one_plus_the_new_coordinate(max_model):
 
 def test_deep_taylor_zplus_is_continuous_on_the_max_toy(max_model):
     x = _max_sequence().astype(np.float64)
-    relevance = unn.explain(max_model, x.astype(np.float32), "lrp.zplus", 0)
+    relevance = unn.explain(max_model, x.astype(np.float32), "lrp.zplus", 1)
     x1, x2 = x[:, 0], x[:, 1]
     expected = np.where(
         (x1 > x2)[:, None],

@@ -9,7 +9,8 @@ Interpreting and Understanding Deep Neural Networks*, Digital Signal Processing 
 
 Modules, by idea: :mod:`~understanding_nn.data` (MNIST, cluttered MNIST, toys),
 :mod:`~understanding_nn.models` (the model zoo), :mod:`~understanding_nn.attribution` (the
-uniform :func:`explain` call), :mod:`~understanding_nn.gradients` (gradient-based methods),
+uniform :func:`explain` call), :mod:`~understanding_nn.propagation` (the model's graph and the one
+backward pass every propagation method shares), :mod:`~understanding_nn.gradients` (gradient-based methods),
 :mod:`~understanding_nn.lrp` (layer-wise relevance propagation and deep Taylor decomposition),
 :mod:`~understanding_nn.deeplift` (DeepLIFT), :mod:`~understanding_nn.cam` (class activation maps: CAM,
 Grad-CAM, Grad-CAM++), :mod:`~understanding_nn.prototypes` (activation
@@ -21,7 +22,7 @@ maximization, with an expert or in a generator's code space), :mod:`~understandi
 
 __version__ = "0.1.0"
 
-from . import analysis, attribution, cam, data, deeplift, experts, generators, gradients, lrp, metrics, models, plotting, prototypes  # noqa: E402
+from . import analysis, attribution, cam, data, deeplift, experts, generators, gradients, lrp, metrics, models, plotting, propagation, prototypes  # noqa: E402
 from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "metrics",
     "models",
     "plotting",
+    "propagation",
     "prototypes",
 ]

@@ -295,7 +295,8 @@ def logit_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     traced to its logits is refused with :class:`UnsupportedModelError`.
     """
     validate_model(model)
-    return trace(model).logits
+    # The unfolded graph: every layer computes as Keras does, batch normalizations included.
+    return trace(model, fold=False).logits
 
 
 def n_classes(model: keras.Model) -> int:

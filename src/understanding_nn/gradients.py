@@ -261,6 +261,10 @@ def deconvnet(
     signal, whatever its forward input was:
 
     .. math:: s^{(l)} = \\max\\bigl(0, s^{(l+1)}\\bigr) .
+
+    The rule applies to the ReLU family (ReLU, ReLU6, leaky and parametric ReLU, as layers or as
+    activations); every other step, other element-wise activations included, applies the chain
+    rule. Layers the package does not know are refused, since a ReLU inside them would be missed.
     """
     backward = relu_backward_pass(model, "deconvnet")
     return run_batched(model, x, target, backward, batch_size=batch_size)
@@ -278,6 +282,10 @@ def guided_backprop(
     the backward signal passes only where both the forward input and the signal are positive,
 
     .. math:: s^{(l)} = \\mathbb{1}[z > 0] \\, \\max\\bigl(0, s^{(l+1)}\\bigr) .
+
+    Any step of the ReLU family passes :math:`f'(z) \\max(0, s)` (for a leaky ReLU, the slope
+    where :math:`z < 0`); every other step applies the chain rule, and layers the package does
+    not know are refused, as for :func:`deconvnet`.
     """
     backward = relu_backward_pass(model, "guided_backprop")
     return run_batched(model, x, target, backward, batch_size=batch_size)

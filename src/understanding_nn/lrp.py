@@ -102,9 +102,6 @@ __all__ = [
 
 MAX_POOLING = ("winner_take_all", "proportional")
 
-Inputs = tf.Tensor | list[tf.Tensor]
-
-
 def _positive(inputs: list[tf.Tensor]) -> list[tf.Tensor]:
     return [tf.nn.relu(a) for a in inputs]
 
@@ -133,7 +130,7 @@ class LinearRule(Rule):
         """The relevance of each input, given the relevance of the step's outputs."""
         raise NotImplementedError
 
-    def propagate(self, op: LinearOp, inputs: Inputs, relevance: Any) -> tf.Tensor | list[tf.Tensor]:
+    def propagate(self, op: LinearOp, inputs: Any, relevance: Any) -> tf.Tensor | list[tf.Tensor]:
         """:meth:`relevance` for one input tensor (returned as one tensor) or a list of them."""
         result = self.relevance(op, _inputs(inputs), tf.convert_to_tensor(relevance, tf.float32))
         return result if isinstance(inputs, (list, tuple)) else result[0]

@@ -1,6 +1,6 @@
 """The one traversal of a Keras model that every propagation method shares.
 
-Chapter 2.7 ("Explaining your own model") and, underneath, chapters 2.3 to 2.6 and 3.1 to 3.3:
+The machinery under chapters 2.3 to 2.6 and 3.1 to 3.3:
 layer-wise relevance propagation and deep Taylor decomposition (Bach et al. 2015; Montavon et al.
 2017, 2018), DeepLIFT (Shrikumar et al. 2017), the deconvnet (Zeiler & Fergus 2014) and guided
 backpropagation (Springenberg et al. 2014) are all one backward pass through the model's graph
@@ -50,16 +50,23 @@ import tensorflow as tf
 
 __all__ = [
     "KINDS",
+    "ActivationOp",
+    "CallOp",
     "Composite",
     "Gradient",
     "Graph",
+    "LayerNormOp",
     "LinearOp",
+    "MergeOp",
     "Node",
     "Op",
     "Pass",
+    "PoolOp",
     "Record",
     "Rule",
     "UnsupportedModelError",
+    "WeightedOp",
+    "activation_name",
     "backward",
     "divide",
     "supported_layers",
