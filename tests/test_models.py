@@ -26,6 +26,8 @@ ZOO = [
     "cnn_gap",
     "cnn_marked",
     "cnn_marked_fixed",
+    "resnet",
+    "branching",
     "gap_cnn",
     "cnn_cluttered",
 ]

@@ -57,6 +57,8 @@ __all__ = [
     "info",
     "load",
     "mlp",
+    "branching_net",
+    "residual_net",
     "right_reasons_penalty",
     "strided_cnn",
     "train",
@@ -175,6 +177,76 @@ def all_conv_net(
         ],
         name=name,
     )
+
+
+def residual_net(
+    *,
+    widths: tuple[int, ...] = (16, 32, 64),
+    input_shape: tuple[int, ...] = _data.IMAGE_SHAPE,
+    n_classes: int = _data.N_CLASSES,
+    name: str = "resnet",
+) -> keras.Model:
+    """A small residual network (He et al. 2016) for MNIST: a 3×3 stem convolution, one residual
+    block per width, global average pooling and dense logits.
+
+    Each block computes :math:`\\mathrm{ReLU}(x + F(x))` with
+    :math:`F` = convolution, batch normalization, ReLU, convolution, batch normalization; every
+    block after the first halves the resolution (28 → 14 → 7) with a stride-2 first convolution,
+    and its skip connection is then a stride-2 1×1 convolution with batch normalization. The
+    blocks' outputs are named ``block1`` ... and every normalization follows a convolution, so
+    relevance propagation folds them (chapter 2.7).
+    """
+    inputs = keras.Input(input_shape)
+
+    def conv(filters: int, size: int, strides: int, layer_name: str) -> keras.layers.Conv2D:
+        return keras.layers.Conv2D(filters, size, strides=strides, padding="same", use_bias=False, name=layer_name)
+
+    x = conv(widths[0], 3, 1, "stem")(inputs)
+    x = keras.layers.ReLU(name="stem_relu")(keras.layers.BatchNormalization(name="stem_bn")(x))
+    for index, width in enumerate(widths, start=1):
+        strides = 1 if index == 1 else 2
+        y = conv(width, 3, strides, f"block{index}_conv1")(x)
+        y = keras.layers.ReLU(name=f"block{index}_relu")(keras.layers.BatchNormalization(name=f"block{index}_bn1")(y))
+        y = keras.layers.BatchNormalization(name=f"block{index}_bn2")(conv(width, 3, 1, f"block{index}_conv2")(y))
+        skip = x
+        if strides != 1 or x.shape[-1] != width:
+            skip = keras.layers.BatchNormalization(name=f"block{index}_skip_bn")(conv(width, 1, strides, f"block{index}_skip")(x))
+        x = keras.layers.ReLU(name=f"block{index}")(keras.layers.Add(name=f"block{index}_add")([skip, y]))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, name="logits")(x), name=name)
+
+
+def branching_net(
+    *,
+    widths: tuple[int, ...] = (16, 32),
+    input_shape: tuple[int, ...] = _data.IMAGE_SHAPE,
+    n_classes: int = _data.N_CLASSES,
+    name: str = "branching",
+) -> keras.Model:
+    """A branching network in the manner of Inception (Szegedy et al. 2015): a stem convolution,
+    then per width a module of four branches read from one tensor (a 1×1 convolution, a 3×3, a
+    dilated 3×3 that sees 5×5, and 3×3 max-pooling followed by a 1×1 convolution), concatenated
+    along the channels and max-pooled (28 → 14 → 7); then a dense ReLU layer and dense logits.
+    The modules' outputs are named ``module1`` ..., their branch points are the stem's and the
+    previous module's outputs.
+    """
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(widths[0], 3, padding="same", activation="relu", name="stem")(inputs)
+    for index, width in enumerate(widths, start=1):
+        quarter = max(1, width // 4)
+
+        def branch(size: int, dilation: int, branch_name: str, source: Any) -> Any:
+            return keras.layers.Conv2D(
+                quarter, size, padding="same", dilation_rate=dilation, activation="relu", name=f"module{index}_{branch_name}"
+            )(source)
+
+        pooled = keras.layers.MaxPooling2D(3, strides=1, padding="same", name=f"module{index}_pool")(x)
+        x = keras.layers.Concatenate(name=f"module{index}_concat")(
+            [branch(1, 1, "1x1", x), branch(3, 1, "3x3", x), branch(3, 2, "5x5", x), branch(1, 1, "pool_1x1", pooled)]
+        )
+        x = keras.layers.MaxPooling2D(2, name=f"module{index}")(x)
+    x = keras.layers.Dense(128, activation="relu", name="dense")(keras.layers.Flatten(name="flatten")(x))
+    return keras.Model(inputs, keras.layers.Dense(n_classes, name="logits")(x), name=name)
 
 
 def gap_cnn(
@@ -505,6 +577,21 @@ _ZOO: dict[str, ZooEntry] = {
             "corner (6.1)",
             {"pooling": "max", "dropout": 0.25},
             training=TrainingConfig(cue=CLEVER_HANS_MARK, penalty=RightReasons(box=(0, 0, 5, 5), weight=1.0)),
+            accuracy_floor=0.95,
+        ),
+        # Chapter 2.7's models of the kinds readers bring: skip connections and branches.
+        ZooEntry(
+            "resnet", residual_net,
+            "residual network: stem + three residual blocks (16/32/64, batch normalization, Add), "
+            "global average pooling + dense (2.7)",
+            # Like cnn_gap's, its global-average-pooling head needs the longer, faster schedule
+            # (10 epochs at 1e-3 reach 0.87).
+            training=TrainingConfig(epochs=20, learning_rate=3e-3), accuracy_floor=0.95,
+        ),
+        ZooEntry(
+            "branching", branching_net,
+            "Inception-style network: two modules of four branches joined by Concatenate, max-pool, "
+            "dense 128 (2.7)",
             accuracy_floor=0.95,
         ),
         ZooEntry(
