@@ -4,9 +4,11 @@ Every explanation in the book (Part II onwards) goes through this module. It doe
 every method, what each method would otherwise repeat:
 
 * checks the model (a built Keras 3 Sequential or functional model with one input and a 2-D
-  output of class scores) and finds its **logits**: a final softmax or sigmoid is stripped, because
-  explanations start from the class score :math:`S_c(x)`, not from a probability (Montavon et al.
-  2018, §2; the original tutorial's LRP started from the softmax, which this fixes);
+  output of class scores) and finds its **logits** in the model's graph
+  (:func:`understanding_nn.propagation.trace`): a final softmax, log-softmax or sigmoid is
+  stripped, because explanations start from the class score :math:`S_c(x)`, not from a
+  probability (Montavon et al. 2018, §2; the original tutorial's LRP started from the softmax,
+  which this fixes);
 * validates the input batch (shape, floating dtype, finite values) with errors that name the
   problem;
 * resolves the target: an int for every sample, one class index per sample, or ``None`` for the
@@ -29,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .propagation import UnsupportedModelError, trace
+from .propagation import UnsupportedModelError, symbolic_io, trace
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -100,8 +102,13 @@ def explain(
     ----------
     model
         A built Keras 3 Sequential or functional model with one input and one output of class
-        scores, shape ``(batch, n_classes)``. A final softmax or sigmoid is ignored: the method
-        explains the logit :math:`S_c(x)`.
+        scores, shape ``(batch, n_classes)``; nested models, residual and branching graphs are
+        fine. A final softmax, log-softmax or sigmoid, in any spelling, is found in the graph
+        and ignored: the method explains the logit :math:`S_c(x)`. A model with a single
+        output :math:`z` is a binary classifier: class 1 is explained by :math:`S_1 = z`, class
+        0 by :math:`S_0 = -z`. What each propagation method does on each kind of layer is
+        listed by :func:`understanding_nn.propagation.supported_layers`; a layer a method has
+        no rule for is refused with :class:`UnsupportedModelError`.
     x
         A batch of inputs, NumPy array or tensor, shaped like the model's input
         (``(N, 28, 28, 1)`` for the book's MNIST models), floating point, finite.
@@ -109,7 +116,8 @@ def explain(
         One of :func:`methods`, for example ``"gradient"`` or ``"sensitivity"``.
     target
         The class to explain: an int (the same class for every sample), a sequence of ``N`` class
-        indices, or ``None`` for the class the model predicts for each sample.
+        indices (shape ``(N,)`` or a column ``(N, 1)``), or ``None`` for the class the model
+        predicts for each sample.
     **params
         The method's own parameters (see the method's function), and ``batch_size``.
 
@@ -153,15 +161,7 @@ def validate_model(model: Any) -> keras.Model:
     """Check that ``model`` is a built, single-input Keras model with a ``(batch, classes)`` output."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a Keras 3 model (keras.Model), got {type(model).__name__}")
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        inputs = outputs = None
-    if not inputs or not outputs:
-        raise UnsupportedModelError(
-            f"model {model.name!r} has no symbolic inputs and outputs; explanations need a "
-            "Sequential model with an Input (or a built input shape) or a functional model"
-        )
+    inputs, outputs = symbolic_io(model)
     if len(inputs) != 1 or len(outputs) != 1:
         raise UnsupportedModelError(
             f"model {model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs; "

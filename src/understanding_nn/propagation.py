@@ -68,6 +68,7 @@ __all__ = [
     "WeightedOp",
     "activation_name",
     "backward",
+    "symbolic_io",
     "divide",
     "supported_layers",
     "trace",
@@ -452,20 +453,24 @@ KINDS: dict[str, tuple[str, tuple[type, ...]]] = {
 }
 
 
+# Exact types: a subclass of a layer may compute anything, so it is of kind "other".
+_KIND_OF = {layer_type: kind for kind, (_, layer_types) in KINDS.items() for layer_type in layer_types}
+
+
 def _call(layer: Any, name: str, kind: str, node: Any) -> CallOp:
     return CallOp(layer, name, kind, node.arguments)
 
 
 def _activation_step(layer: Any, name: str, node: Any) -> Op:
-    """The step of an activation layer: ReLU, LeakyReLU, PReLU, ELU, Activation, Softmax."""
-    if isinstance(layer, _RELU_LAYERS):
-        step = ActivationOp(layer, name, "relu", lambda z: layer(z))
-        return step
-    if isinstance(layer, L.ELU):
+    """The step of an activation layer: ReLU, LeakyReLU, PReLU, ELU, Activation or Softmax."""
+    if type(layer) in _RELU_LAYERS:
+        return ActivationOp(layer, name, "relu", lambda z: layer(z))
+    if type(layer) is L.ELU:
         return ActivationOp(layer, name, "elu", lambda z: layer(z))
-    if isinstance(layer, L.Softmax):
-        axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
-        return ActivationOp(layer, name, "softmax", lambda z: keras.ops.softmax(z, axis=axis)) if axis in (-1, (-1,)) else _call(layer, name, "other", node)
+    if type(layer) is L.Softmax:
+        if layer.axis not in (-1, [-1], (-1,)):
+            return _call(layer, name, "other", node)
+        return ActivationOp(layer, name, "softmax", lambda z: keras.ops.softmax(z, axis=-1))
     activation = activation_name(layer.activation)
     if activation == "linear":
         return _call(layer, name, "identity", node)
@@ -497,55 +502,32 @@ def _steps_of(layer: Any, name: str, node: Any) -> list[Op]:
     """The steps of one call of a (non-model) layer: usually one, two for a fused activation."""
     if not isinstance(layer, keras.layers.Layer):
         return [_operation_step(layer, name, node)]
-    if isinstance(layer, _WEIGHTED):
-        if not _is_plain(layer):
+    kind = _KIND_OF.get(type(layer), "other")
+    if kind in ("dense", "conv"):
+        if getattr(layer, "quantization_mode", None) is not None:
             return [_call(layer, name, "other", node)]
-        steps: list[Op] = [WeightedOp(layer, name)]
         activation = getattr(layer, "activation", None)
         canonical = activation_name(activation)
-        if canonical != "linear":
-            if canonical is None:
-                steps.append(_call_activation(layer, name, activation))
-            else:
-                steps.append(ActivationOp(layer, f"{name}.activation", canonical, activation))
-        return steps
-    if isinstance(layer, (L.Add, L.Subtract, L.Average)):
-        count = len(node.arguments.keras_tensors)
-        shapes = {tuple(t.shape[1:]) for t in node.arguments.keras_tensors}
-        if len(shapes) != 1:
-            return [_call(layer, name, "other", node)]  # broadcasting merge: not a plain sum
+        if canonical == "linear":
+            return [WeightedOp(layer, name)]
+        fused = ActivationOp(layer, f"{name}.activation", canonical or "unknown", activation)
+        if canonical is None:
+            fused.kind = "other"  # computed, but no method can know what it does
+        return [WeightedOp(layer, name), fused]
+    if kind == "merge":
+        tensors = node.arguments.keras_tensors
+        if len({tuple(t.shape[1:]) for t in tensors}) != 1:
+            return [_call(layer, name, "other", node)]  # a broadcasting merge is no plain sum
+        count = len(tensors)
         weights = {L.Add: [1.0] * count, L.Subtract: [1.0, -1.0], L.Average: [1.0 / count] * count}[type(layer)]
         return [MergeOp(layer, name, weights)]
-    if isinstance(layer, _AFFINE):
-        return [_call(layer, name, "affine", node)]
-    if isinstance(layer, L.LayerNormalization):
-        return [LayerNormOp(layer, name, "layer_norm", node.arguments)]
-    if isinstance(layer, _MAX_POOLING):
-        return [PoolOp(layer, name, "max_pool", node.arguments)]
-    if isinstance(layer, _AVG_POOLING):
-        return [PoolOp(layer, name, "avg_pool", node.arguments)]
-    if isinstance(layer, _RESHAPING):
-        return [_call(layer, name, "reshape", node)]
-    if isinstance(layer, _IDENTITY):
-        return [_call(layer, name, "identity", node)]
-    if isinstance(layer, (*_RELU_LAYERS, L.ELU, L.Activation, L.Softmax)):
+    if kind in ("relu", "activation") or type(layer) is L.Softmax:
         return [_activation_step(layer, name, node)]
-    if isinstance(layer, _GATES):
-        return [_call(layer, name, "gate", node)]
-    return [_call(layer, name, "other", node)]
-
-
-def _is_plain(layer: keras.layers.Layer) -> bool:
-    """A weighted layer whose computation the package reproduces: not quantized, and of a
-    built-in type (a subclass may compute something else)."""
-    return getattr(layer, "quantization_mode", None) is None and type(layer) in _WEIGHTED
-
-
-def _call_activation(layer: Any, name: str, activation: Callable) -> Op:
-    """An activation function the package does not recognise: computed, but of kind ``other``."""
-    step = ActivationOp(layer, f"{name}.activation", "unknown", activation)
-    step.kind = "other"
-    return step
+    if kind == "layer_norm":
+        return [LayerNormOp(layer, name, kind, node.arguments)]
+    if kind in ("max_pool", "avg_pool"):
+        return [PoolOp(layer, name, kind, node.arguments)]
+    return [_call(layer, name, kind, node)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,7 +660,7 @@ def trace(model: keras.Model, *, fold: bool = True) -> Graph:
     if fold in graphs:
         return graphs[fold]
     builder = _Builder()
-    inputs, outputs = _model_io(model)
+    inputs, outputs = symbolic_io(model)
     if len(inputs) != 1 or len(outputs) != 1:
         raise UnsupportedModelError(
             f"model {model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs; explanations need exactly one of each"
@@ -689,7 +671,8 @@ def trace(model: keras.Model, *, fold: bool = True) -> Graph:
     return graphs[fold]
 
 
-def _model_io(model: keras.Model) -> tuple[list[Any], list[Any]]:
+def symbolic_io(model: keras.Model) -> tuple[list[Any], list[Any]]:
+    """The symbolic inputs and outputs of a built model, or an :class:`UnsupportedModelError`."""
     try:
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
@@ -717,7 +700,7 @@ class _Builder:
 
     def expand(self, model: keras.Model, input_values: list[int], prefix: str) -> list[int]:
         """Add the steps of ``model`` applied to ``input_values``; return its output values."""
-        inputs, outputs = _model_io(model)
+        inputs, outputs = symbolic_io(model)
         self.keep.extend(inputs + outputs)
         values = {id(t): v for t, v in zip(inputs, input_values)}
         for node in _topological_nodes(outputs):
