@@ -182,7 +182,8 @@ def _gap_head(model: keras.Model, layer: str | None) -> tuple[_Features, keras.l
             break
         path.append(before)
     pooling = producer.get(path[-1].inputs[0]) if path[-1].inputs else None
-    ending = ", ".join(f"{node.op.name} ({node.op.layer_type})" for node in graph.nodes[-3:])
+    layers = list(dict.fromkeys(f"{node.op.name.removesuffix('.activation')} ({node.op.layer_type})" for node in graph.nodes))
+    ending = ", ".join(layers[-3:])
     if (
         head.op.kind != "dense"
         or pooling is None

@@ -258,7 +258,7 @@ class LinearOp(Op):
     def affine(self, inputs: Any, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
         """:math:`\\sum_j w_{jk} a_j (+ b_k)` with the given kernel (and bias); ``inputs`` is a
         list of tensors, or one tensor for a step with a single input."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define affine(inputs, kernel, bias)")
 
     def add_bias(self, z: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
         """``z`` plus a bias shaped like :attr:`bias` (``None``: no bias)."""
