@@ -46,12 +46,6 @@ from .propagation import Composite, Gradient, Op, Pass, Record, Rule, backward, 
 __all__ = ["DeepLiftComposite", "Rescale", "deeplift"]
 
 
-def _rescale(delta_out: tf.Tensor, delta_in: tf.Tensor, derivative: tf.Tensor) -> tf.Tensor:
-    """:math:`\\Delta y / \\Delta z`, or the derivative where :math:`\\Delta z` is (almost) 0."""
-    close = tf.abs(delta_in) < 1e-7
-    return tf.where(close, derivative, delta_out / tf.where(close, tf.ones_like(delta_in), delta_in))
-
-
 @dataclass(frozen=True)
 class Rescale(Rule):
     """The Rescale rule at an element-wise step :math:`y = f(z)`:
@@ -65,8 +59,13 @@ class Rescale(Rule):
         if record.reference_inputs is None:
             raise ValueError("the Rescale rule needs the forward pass at the reference input")
         (z,), (z0,) = record.inputs, record.reference_inputs
-        ratio = _rescale(record.output - record.reference_output, z - z0, op.derivative(z))
-        return [signal * ratio]
+        delta_in = z - z0
+        close = tf.abs(delta_in) < 1e-7
+        ratio = (record.output - record.reference_output) / tf.where(close, tf.ones_like(delta_in), delta_in)
+        # Where the input did not change, the derivative: the chain rule of an element-wise
+        # activation, or the frozen scale of a layer normalization.
+        derivative = op.derivative(z) * signal if op.kind == "layer_norm" else record.vjp(op, signal)[0]
+        return [tf.where(close, derivative, signal * ratio)]
 
 
 @dataclass(frozen=True)
@@ -93,8 +92,7 @@ def _multipliers(model: keras.Model) -> Any:
         rules = DeepLiftComposite().rules(graph, "deeplift")
 
         def contributions(x: tf.Tensor, target: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
-            values, reference_values = graph.run(x), graph.run(reference)
-            multiplier = backward(graph, rules, values, graph.selector(target), reference_values)
+            multiplier = backward(graph, rules, graph.forward(x), graph.selector(target), graph.run(reference))
             return multiplier * (x - reference)
 
         return compile_batch_function(model, contributions, references=1)

@@ -173,7 +173,7 @@ class GuidedRelu(Rule):
         return op.kind == "relu"
 
     def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
-        return [op.derivative(record.inputs[0]) * tf.nn.relu(signal)]
+        return record.vjp(op, tf.nn.relu(signal))  # f'(z) max(0, s): the chain rule of the positive part
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,7 @@ def relu_backward_pass(model: keras.Model, rule: str) -> Any:
         rules = _BACKWARD_COMPOSITES[rule].rules(graph, rule)
 
         def signal_at_input(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-            values = graph.run(x)
-            return backward(graph, rules, values, graph.selector(target))
+            return backward(graph, rules, graph.forward(x), graph.selector(target))
 
         return compile_batch_function(model, signal_at_input)
 

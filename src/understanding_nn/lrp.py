@@ -124,10 +124,14 @@ class LinearRule(Rule):
         return isinstance(op, LinearOp)
 
     def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
-        return self.relevance(op, record.inputs, signal)
+        return self.relevance(op, record.inputs, signal, record)
 
-    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
-        """The relevance of each input, given the relevance of the step's outputs."""
+    def relevance(
+        self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
+    ) -> list[tf.Tensor]:
+        """The relevance of each input, given the relevance of the step's outputs. ``record``,
+        the step's part of a recorded forward pass, lets a rule reuse the step's own output and
+        chain rule instead of computing them again; the result is the same."""
         raise NotImplementedError
 
     def propagate(self, op: LinearOp, inputs: Any, relevance: Any) -> tf.Tensor | list[tf.Tensor]:
@@ -139,6 +143,23 @@ class LinearRule(Rule):
     def _bias(op: LinearOp, use: bool, part: Callable[[tf.Tensor], tf.Tensor] = lambda b: b) -> tf.Tensor | None:
         bias = op.bias
         return part(bias) if use and bias is not None else None
+
+
+def _linearized(
+    op: LinearOp, inputs: list[tf.Tensor], kernel: tf.Tensor, bias: tf.Tensor | None = None
+) -> tuple[tf.Tensor, Callable[[tf.Tensor], list[tf.Tensor]]]:
+    """:math:`z = \\sum_j w_{jk} a_j + b_k` for a (modified) kernel, and the function
+    :math:`s \\mapsto (\\sum_k w_{jk} s_k)_j`, from one computation of the affine map."""
+    inputs = [tf.identity(a) for a in inputs]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(inputs)
+        z = op.affine(inputs, kernel, bias)
+
+    def transpose(s: tf.Tensor) -> list[tf.Tensor]:
+        gradients = tape.gradient(z, inputs, output_gradients=s)
+        return [tf.zeros_like(a) if g is None else g for a, g in zip(inputs, gradients)]
+
+    return z, transpose
 
 
 def _check_number(name: str, value: Any, *, non_negative: bool = True) -> None:
@@ -178,11 +199,18 @@ class Epsilon(LinearRule):
     def __post_init__(self) -> None:
         _check_number("epsilon", self.epsilon)
 
-    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
-        z = op.affine(inputs, op.kernel, self._bias(op, self.bias))
+    def relevance(
+        self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
+    ) -> list[tf.Tensor]:
+        bias = self._bias(op, self.bias)
+        if record is not None and (bias is not None or op.bias is None):
+            # z is the step's own output, and the transpose its chain rule: nothing to recompute.
+            z, transpose = record.output, (lambda s: record.vjp(op, s))
+        else:
+            z, transpose = _linearized(op, inputs, op.kernel, bias)
         sign = tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
         s = divide(relevance, z + self.epsilon * sign)
-        return [a * c for a, c in zip(inputs, op.transpose(inputs, op.kernel, s))]
+        return [a * c for a, c in zip(inputs, transpose(s))]
 
 
 @dataclass(frozen=True)
@@ -202,11 +230,13 @@ class Gamma(LinearRule):
     def __post_init__(self) -> None:
         _check_number("gamma", self.gamma)
 
-    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+    def relevance(
+        self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
+    ) -> list[tf.Tensor]:
         kernel = op.kernel + self.gamma * tf.nn.relu(op.kernel)
         bias = self._bias(op, self.bias, lambda b: b + self.gamma * tf.nn.relu(b))
-        s = divide(relevance, op.affine(inputs, kernel, bias))
-        return [a * c for a, c in zip(inputs, op.transpose(inputs, kernel, s))]
+        z, transpose = _linearized(op, inputs, kernel, bias)
+        return [a * c for a, c in zip(inputs, transpose(divide(relevance, z)))]
 
 
 @dataclass(frozen=True)
@@ -239,13 +269,38 @@ class AlphaBeta(LinearRule):
         a_pos, a_neg = _positive(inputs), _negative(inputs)
         w_pos, w_neg = tf.nn.relu(op.kernel), -tf.nn.relu(-op.kernel)
         pairs = [(a_pos, w_pos), (a_neg, w_neg)] if sign > 0 else [(a_pos, w_neg), (a_neg, w_pos)]
-        bias = self._bias(op, self.bias, (lambda b: tf.nn.relu(b)) if sign > 0 else (lambda b: -tf.nn.relu(-b)))
-        z = sum(op.affine(parts, weights) for parts, weights in pairs)
-        s = divide(relevance, op.add_bias(z, bias))
-        shares = [[a * c for a, c in zip(parts, op.transpose(parts, weights, s))] for parts, weights in pairs]
+        linearized = [_linearized(op, parts, weights) for parts, weights in pairs]
+        bias = self._bias(op, self.bias, self._part(sign))
+        s = divide(relevance, op.add_bias(sum(z for z, _ in linearized), bias))
+        shares = [[a * c for a, c in zip(parts, transpose(s))] for (parts, _), (_, transpose) in zip(pairs, linearized)]
         return [first + second for first, second in zip(*shares)]
 
-    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+    @staticmethod
+    def _part(sign: float) -> Callable[[tf.Tensor], tf.Tensor]:
+        return (lambda b: tf.nn.relu(b)) if sign > 0 else (lambda b: -tf.nn.relu(-b))
+
+    def _non_negative_inputs(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record) -> list[tf.Tensor]:
+        """The same rule when every :math:`a_j \\ge 0`: the contributions' signs are the weights',
+        :math:`z^\\pm = \\sum_j a_j w^\\pm_{jk}`, and with :math:`W^- = W - W^+` the two shares
+        need one transpose of :math:`W^+` and the step's own chain rule:
+        :math:`R = a \\odot (W^{+\\top}(\\alpha s^+ + \\beta s^-) - \\beta W^\\top s^-)`.
+        (:math:`z^-` is computed, not taken as :math:`z - z^+`, whose rounding would turn an
+        exact 0, a neuron without negative contributions, into a tiny divisor.)"""
+        z_pos, transpose_pos = _linearized(op, inputs, tf.nn.relu(op.kernel))
+        s_pos = divide(relevance, op.add_bias(z_pos, self._bias(op, self.bias, self._part(+1.0))))
+        if self.beta == 0:
+            return [self.alpha * a * c for a, c in zip(inputs, transpose_pos(s_pos))]
+        z_neg = op.affine(inputs, -tf.nn.relu(-op.kernel))
+        s_neg = divide(relevance, op.add_bias(z_neg, self._bias(op, self.bias, self._part(-1.0))))
+        positive = transpose_pos(self.alpha * s_pos + self.beta * s_neg)
+        negative = record.vjp(op, s_neg)
+        return [a * (p - self.beta * n) for a, p, n in zip(inputs, positive, negative)]
+
+    def relevance(
+        self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
+    ) -> list[tf.Tensor]:
+        if record is not None and record.non_negative:
+            return self._non_negative_inputs(op, inputs, relevance, record)
         positive = self._share(op, inputs, relevance, +1.0)
         if self.beta == 0:
             return [self.alpha * r for r in positive]
@@ -276,10 +331,11 @@ class WSquare(LinearRule):
     It does not depend on the input values, only on the weights and on :math:`R_j`.
     """
 
-    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
-        ones = [tf.ones_like(a) for a in inputs]
-        kernel = tf.square(op.kernel)
-        return op.transpose(ones, kernel, divide(relevance, op.affine(ones, kernel)))
+    def relevance(
+        self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
+    ) -> list[tf.Tensor]:
+        z, transpose = _linearized(op, [tf.ones_like(a) for a in inputs], tf.square(op.kernel))
+        return transpose(divide(relevance, z))
 
 
 @dataclass(frozen=True)
@@ -289,10 +345,11 @@ class Flat(LinearRule):
     .. math:: R_i = \\sum_j \\frac{1}{\\sum_{i'} 1} R_j .
     """
 
-    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
-        ones = [tf.ones_like(a) for a in inputs]
-        kernel = tf.ones_like(op.kernel)
-        return op.transpose(ones, kernel, divide(relevance, op.affine(ones, kernel)))
+    def relevance(
+        self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
+    ) -> list[tf.Tensor]:
+        z, transpose = _linearized(op, [tf.ones_like(a) for a in inputs], tf.ones_like(op.kernel))
+        return transpose(divide(relevance, z))
 
 
 @dataclass(frozen=True)
@@ -315,18 +372,16 @@ class ZBox(LinearRule):
         if not self.low < self.high:
             raise ValueError(f"the box needs low < high, got low={self.low}, high={self.high}")
 
-    def relevance(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
+    def relevance(
+        self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
+    ) -> list[tf.Tensor]:
         low = [self.low * tf.ones_like(a) for a in inputs]
         high = [self.high * tf.ones_like(a) for a in inputs]
-        w_pos, w_neg = tf.nn.relu(op.kernel), -tf.nn.relu(-op.kernel)
-        s = divide(relevance, op.affine(inputs, op.kernel) - op.affine(low, w_pos) - op.affine(high, w_neg))
-        parts = [
-            (inputs, op.transpose(inputs, op.kernel, s)),
-            (low, op.transpose(low, w_pos, s)),
-            (high, op.transpose(high, w_neg, s)),
-        ]
-        (x, cx), (lo, cl), (hi, ch) = parts
-        return [xi * ci - li * di - hj * ej for xi, ci, li, di, hj, ej in zip(x, cx, lo, cl, hi, ch)]
+        parts = [(inputs, op.kernel), (low, tf.nn.relu(op.kernel)), (high, -tf.nn.relu(-op.kernel))]
+        (z_x, t_x), (z_low, t_low), (z_high, t_high) = [_linearized(op, a, w) for a, w in parts]
+        s = divide(relevance, z_x - z_low - z_high)
+        shares = zip(inputs, t_x(s), low, t_low(s), high, t_high(s))
+        return [x * cx - lo * cl - hi * ch for x, cx, lo, cl, hi, ch in shares]
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +397,7 @@ class WinnerTakeAll(Rule):
         return op.kind == "max_pool"
 
     def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
-        return op.vjp(record.inputs, signal)
+        return record.vjp(op, signal)
 
 
 @dataclass(frozen=True)
@@ -355,10 +410,14 @@ class Proportional(Rule):
 
     def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
         (a,) = record.inputs
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            pooled = op.average(a)
-        return [a * tape.gradient(pooled, a, output_gradients=divide(signal, pooled))]
+        if op.kind == "avg_pool":  # the step itself: its output and its chain rule are recorded
+            (c,) = record.vjp(op, divide(signal, record.output))
+            return [a * c]
+        copy = tf.identity(a)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(copy)
+            pooled = op.average(copy)
+        return [a * tape.gradient(pooled, copy, output_gradients=divide(signal, pooled))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,9 +490,9 @@ def _propagation(model: keras.Model, composite: Composite, method: str) -> Calla
         rules = composite.rules(graph, method)
 
         def propagate(x: tf.Tensor, target: tf.Tensor) -> dict[int, tf.Tensor]:
-            values = graph.run(x)
-            start = graph.selector(target) * values[graph.logit]
-            return backward(graph, rules, values, start, keep=True)
+            forward = graph.forward(x)
+            start = graph.selector(target) * forward.values[graph.logit]
+            return backward(graph, rules, forward, start, keep=True)
 
         return compile_batch_function(model, propagate)
 

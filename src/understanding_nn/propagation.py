@@ -53,6 +53,7 @@ __all__ = [
     "ActivationOp",
     "CallOp",
     "Composite",
+    "Forward",
     "Gradient",
     "Graph",
     "LayerNormOp",
@@ -406,6 +407,16 @@ class LayerNormOp(CallOp):
         return scale * layer.gamma if layer.scale else scale * tf.ones_like(a)
 
 
+def _plain_relu(op: ActivationOp) -> bool:
+    """An activation that is >= 0: not a ReLU layer with a negative slope (leaky, parametric)."""
+    layer = op.layer
+    if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.PReLU)):
+        return False
+    if isinstance(layer, keras.layers.ReLU):
+        return float(layer.negative_slope) == 0.0 and float(layer.threshold) >= 0.0
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Layer types and their kinds
 # --------------------------------------------------------------------------------------------
@@ -545,6 +556,20 @@ class Node:
 
 
 @dataclass
+class Forward:
+    """A recorded forward pass (see :meth:`Graph.forward`)."""
+
+    values: list[tf.Tensor]
+    step_inputs: list[list[tf.Tensor]]
+    tape: tf.GradientTape
+
+
+# Steps whose output is >= 0 for any input, and steps that keep inputs >= 0 non-negative.
+_NON_NEGATIVE_ACTIVATIONS = frozenset({"relu", "relu6", "sigmoid", "hard_sigmoid", "softplus"})
+_KEEPS_SIGN = frozenset({"reshape", "identity", "max_pool", "avg_pool"})
+
+
+@dataclass
 class Graph:
     """A model as steps in topological order, from its input (value 0) to its logit.
 
@@ -585,6 +610,23 @@ class Graph:
                 break
         return values
 
+    def forward(self, x: tf.Tensor) -> Forward:
+        """The forward pass for a backward pass: every value, and every step's inputs as they
+        entered the step, recorded on a tape so that each step's chain rule can be applied
+        without computing the step again."""
+        values: list[Any] = [None] * (self.logit + 1)
+        step_inputs: list[list[tf.Tensor]] = []
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            values[0] = x
+            for node in self.nodes:
+                # Copies, so that the chain rule of a step that reads a value twice, or a value
+                # and another computed from it (a skip connection), takes partial derivatives.
+                inputs = [tf.identity(values[i]) for i in node.inputs]
+                step_inputs.append(inputs)
+                values[node.output] = node.op.forward(inputs)
+        return Forward(values, step_inputs, tape)
+
     def value_of(self, layer: str) -> int:
         """The value computed by the Keras layer named ``layer`` (after its fused activation;
         a nested model's layer may be named by its path, ``"block/conv"``, or by its own name)."""
@@ -614,6 +656,20 @@ class Graph:
     def scores(self, logits: tf.Tensor) -> tf.Tensor:
         """The class scores :math:`S(x)`, one per class: the logits, or :math:`(-z, z)` for one logit."""
         return tf.concat([-logits, logits], axis=1) if self.binary else logits
+
+    def non_negative(self) -> set[int]:
+        """The values that are :math:`\\ge 0` whatever the input: outputs of ReLU, ReLU6,
+        sigmoid and softplus steps (not of a leaky ReLU), and what pooling, reshaping, adding or
+        averaging makes of such values."""
+        known: set[int] = set()
+        for node in self.nodes:
+            op = node.op
+            inputs_known = bool(node.inputs) and all(i in known for i in node.inputs)
+            if isinstance(op, ActivationOp) and op.activation in _NON_NEGATIVE_ACTIVATIONS and _plain_relu(op):
+                known.add(node.output)
+            elif inputs_known and (op.kind in _KEEPS_SIGN or (isinstance(op, MergeOp) and min(op._weights) >= 0)):
+                known.add(node.output)
+        return known
 
     def weighted(self) -> list[Node]:
         return [node for node in self.nodes if node.op.kind in ("dense", "conv")]
@@ -844,12 +900,26 @@ def _ancestors(nodes: list[Node], output: int) -> set[int]:
 @dataclass
 class Record:
     """What a rule may read about one step of the forward pass: the step's inputs and output at
-    ``x`` and, for methods with a reference input (DeepLIFT), at the reference :math:`x_0`."""
+    ``x`` and, for methods with a reference input (DeepLIFT), at the reference :math:`x_0`.
+
+    :meth:`vjp` applies the chain rule through the step at ``x`` from the recorded forward pass
+    (no recomputation); ``non_negative`` says that every input is known to be :math:`\\ge 0`
+    from the graph (the output of a ReLU, for instance), which lets rules skip negative parts.
+    """
 
     inputs: list[tf.Tensor]
     output: tf.Tensor
     reference_inputs: list[tf.Tensor] | None = None
     reference_output: tf.Tensor | None = None
+    non_negative: bool = False
+    tape: tf.GradientTape | None = None
+
+    def vjp(self, op: Op, signal: tf.Tensor) -> list[tf.Tensor]:
+        """:math:`s_j = \\sum_k s_k \\, \\partial y_k / \\partial a_j` at the recorded inputs."""
+        if self.tape is None:
+            return op.vjp(self.inputs, signal)
+        gradients = self.tape.gradient(self.output, self.inputs, output_gradients=signal)
+        return [tf.zeros_like(a) if g is None else g for a, g in zip(self.inputs, gradients)]
 
 
 class Rule:
@@ -910,7 +980,7 @@ class Gradient(Rule):
     transposed weights, on max-pooling it routes each window's signal to its maximum."""
 
     def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
-        return op.vjp(record.inputs, signal)
+        return record.vjp(op, signal)
 
 
 @dataclass(frozen=True)
@@ -1053,7 +1123,7 @@ def _refusal(op: Op, method: str, reason: str) -> UnsupportedModelError:
 def backward(
     graph: Graph,
     rules: Sequence[Rule],
-    values: list[tf.Tensor],
+    forward: Forward,
     start: tf.Tensor,
     reference_values: list[tf.Tensor] | None = None,
     keep: bool = False,
@@ -1061,22 +1131,28 @@ def backward(
     """Pass ``start`` (the signal at the logits) back to the input, step by step in reverse
     topological order, each step by its rule; a value read by several steps sums their signals.
 
-    Returns the signal at the input, or with ``keep=True`` the signal at every value (a dict by
-    value index, the input at 0).
+    ``forward`` is the recorded forward pass (:meth:`Graph.forward`); ``reference_values`` the
+    values at a reference input (:meth:`Graph.run`), for DeepLIFT. Returns the signal at the
+    input, or with ``keep=True`` the signal at every value (a dict by value index, the input at 0).
     """
+    values = forward.values
+    non_negative = graph.non_negative()
     signals: dict[int, tf.Tensor] = {graph.logit: start}
     kept: dict[int, tf.Tensor] = {}
-    for node, rule in zip(reversed(graph.nodes), reversed(list(rules))):
+    for index in reversed(range(len(graph.nodes))):
+        node, rule = graph.nodes[index], rules[index]
         signal = signals.pop(node.output, None)
         if signal is None:
             continue
         if keep:
             kept[node.output] = signal
         record = Record(
-            [values[i] for i in node.inputs],
+            forward.step_inputs[index],
             values[node.output],
             None if reference_values is None else [reference_values[i] for i in node.inputs],
             None if reference_values is None else reference_values[node.output],
+            non_negative=all(i in non_negative for i in node.inputs),
+            tape=forward.tape,
         )
         for value, passed in zip(node.inputs, rule.backward(node.op, record, signal)):
             signals[value] = signals[value] + passed if value in signals else passed
