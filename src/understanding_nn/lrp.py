@@ -301,6 +301,16 @@ class AlphaBeta(LinearRule):
     ) -> list[tf.Tensor]:
         if record is not None and record.non_negative:
             return self._non_negative_inputs(op, inputs, relevance, record)
+        if record is not None:
+            # Not known from the graph (the model's input, say): decided on the batch itself.
+            return tf.cond(
+                tf.reduce_all([tf.reduce_all(a >= 0) for a in inputs]),
+                lambda: self._non_negative_inputs(op, inputs, relevance, record),
+                lambda: self._any_inputs(op, inputs, relevance),
+            )
+        return self._any_inputs(op, inputs, relevance)
+
+    def _any_inputs(self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor) -> list[tf.Tensor]:
         positive = self._share(op, inputs, relevance, +1.0)
         if self.beta == 0:
             return [self.alpha * r for r in positive]
@@ -479,32 +489,42 @@ class Composite(BaseComposite):
 # --------------------------------------------------------------------------------------------
 
 
-def _propagation(model: keras.Model, composite: Composite, method: str) -> Callable[..., dict[int, tf.Tensor]]:
-    """The compiled function ``(x, target) -> {value index: relevance}`` of every value of the
-    model's graph, from the input (0) to the logits."""
+def _propagation(model: keras.Model, composite: Composite, method: str, *, every_layer: bool = False) -> Callable[..., Any]:
+    """The compiled function ``(x, target) -> R_input``, or with ``every_layer`` the function
+    ``(x, target) -> {value index: relevance}`` of every value of the model's graph, from the
+    input (0) to the logits."""
     if not isinstance(composite, BaseComposite):
         raise TypeError(f"composite must be a Composite, got {type(composite).__name__}")
 
-    def build() -> Callable[..., dict[int, tf.Tensor]]:
+    def build() -> Callable[..., Any]:
         graph = trace(model)
         rules = composite.rules(graph, method)
 
-        def propagate(x: tf.Tensor, target: tf.Tensor) -> dict[int, tf.Tensor]:
+        def propagate(x: tf.Tensor, target: tf.Tensor) -> Any:
             forward = graph.forward(x)
             start = graph.selector(target) * forward.values[graph.logit]
-            return backward(graph, rules, forward, start, keep=True)
+            return backward(graph, rules, forward, start, keep=every_layer)
 
         return compile_batch_function(model, propagate)
 
-    return compiled(model, f"lrp:{method}:{composite.key()}", build)
+    return compiled(model, f"lrp:{method}:{every_layer}:{composite.key()}", build)
+
+
+def _boxes(model: keras.Model, composite: Composite) -> list[ZBox]:
+    """The z^B rules the composite gives to layers that read the model's input."""
+
+    def build() -> list[ZBox]:
+        graph = trace(model)
+        first, _ = graph.first_and_last()
+        rules = composite.rules(graph)
+        return list({rules[i] for i in first if isinstance(rules[i], ZBox) and graph.nodes[i].inputs == [0]})
+
+    return compiled(model, f"lrp-boxes:{composite.key()}", build)
 
 
 def _check_box(model: keras.Model, x: Any, composite: Composite) -> None:
     """The z^B rule is derived for inputs inside its box: refuse inputs outside it."""
-    graph = trace(model)
-    first, _ = graph.first_and_last()
-    rules = composite.rules(graph)
-    boxes = {rules[i] for i in first if isinstance(rules[i], ZBox) and graph.nodes[i].inputs == [0]}
+    boxes = _boxes(model, composite)
     if not boxes:
         return
     x = validate_input(model, x)
@@ -565,7 +585,7 @@ def lrp(
         composite = replace(composite, max_pooling=max_pooling)
     propagate = _propagation(model, composite, method)
     _check_box(model, x, composite)
-    return run_batched(model, x, target, lambda xb, tb: propagate(xb, tb)[0], batch_size=batch_size)
+    return run_batched(model, x, target, propagate, batch_size=batch_size)
 
 
 def layer_relevances(
@@ -591,7 +611,7 @@ def layer_relevances(
     validate_model(model)
     x = validate_input(model, x)
     targets = resolve_target(model, x, target, batch_size)
-    propagate = _propagation(model, composite, "LRP")
+    propagate = _propagation(model, composite, "LRP", every_layer=True)
     graph = trace(model)
     shown = [node for node in graph.nodes if not node.op.name.endswith(".activation")]
     batches = [

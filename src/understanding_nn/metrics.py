@@ -666,13 +666,26 @@ def median_seconds(call: Any, repeats: int = 3) -> float:
 def relative_cost(model: keras.Model, x: Any, method: str, target: Target = None, *, repeats: int = 3, **params: Any) -> float:
     """The time of one :func:`understanding_nn.explain` call of ``method`` on the batch ``x``, as a
     multiple of the time of one plain ``"gradient"`` call on the same batch (one forward and one
-    backward pass), both as :func:`median_seconds`. Ratios, unlike seconds, compare across
-    machines; they still depend on the model and the batch size."""
+    backward pass): the median of ``repeats`` runs of each, after a warm-up call of each, the two
+    timed in turn so that a machine that slows down or speeds up meanwhile affects both alike.
+    Ratios, unlike seconds, compare across machines; they still depend on the model and the
+    batch size."""
     x = validate_input(validate_model(model), x)
     targets = resolve_target(model, x, target)
     batch = len(x)
-    gradient = median_seconds(lambda: explain(model, x, "gradient", targets, batch_size=batch), repeats)
-    return median_seconds(lambda: explain(model, x, method, targets, batch_size=batch, **params), repeats) / gradient
+    calls = {
+        "gradient": lambda: explain(model, x, "gradient", targets, batch_size=batch),
+        "method": lambda: explain(model, x, method, targets, batch_size=batch, **params),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for name, call in calls.items():
+        median_seconds(call, 1)  # warm-up: traces the compiled functions
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return float(np.median(times["method"]) / np.median(times["gradient"]))
 
 
 @dataclass(frozen=True)
