@@ -352,8 +352,11 @@ class WeightedOp(LinearOp):
         if bias is None:
             return z
         if self.channel_axis == 1:
-            bias = tf.reshape(bias, (-1,) + (1,) * (len(z.shape) - 2))
-        return z + bias
+            return z + tf.reshape(bias, (-1,) + (1,) * (len(z.shape) - 2))
+        # BiasAdd, not AddV2: TensorFlow's graph optimiser fuses a convolution with an AddV2
+        # whose result is also read elsewhere (DeepLIFT's differences) into a broken graph
+        # and logs an error; with BiasAdd it fuses correctly.
+        return tf.nn.bias_add(z, bias)
 
 
 class MergeOp(LinearOp):
@@ -392,9 +395,11 @@ class PoolOp(CallOp):
 
 
 class LayerNormOp(CallOp):
-    """LayerNormalization. For the element-wise rules its statistics are held constant
-    (Ali et al. 2022), which makes it the element-wise affine map
-    :math:`y_i = s_i x_i + t_i` with :math:`s = \\gamma / \\sqrt{\\sigma^2(x) + \\epsilon}`."""
+    """LayerNormalization. With its mean and variance held constant it is the element-wise
+    affine map :math:`y_i = s_i x_i + t_i`, :math:`s = \\gamma / \\sqrt{\\sigma^2(x) + \\epsilon}`:
+    relevance passes it element by element, and DeepLIFT's Rescale rule uses :math:`s` where an
+    input did not change. (Ali et al. 2022 hold only the normaliser constant and propagate the
+    centring as a linear map; that is a rule one would give the layer by name.)"""
 
     def derivative(self, a: tf.Tensor) -> tf.Tensor:
         layer = self.layer
