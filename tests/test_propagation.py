@@ -765,7 +765,9 @@ def test_every_supported_layer(name):
     engine = unn.gradients.relu_backward_pass(model, "gradient")(x, target.astype(np.int32)).numpy()
     np.testing.assert_allclose(engine, _autodiff_gradient(model, x, target), rtol=1e-4, atol=1e-6)
     for method in PROPAGATION_METHODS:
-        relevance = unn.explain(model, x, method, target=target)
+        # The box of z^B must hold what the first weighted layer reads (normalised values here).
+        box = {"low": -10.0, "high": 10.0} if method in ("deep_taylor", "lrp.composite") else {}
+        relevance = unn.explain(model, x, method, target=target, **box)
         assert relevance.shape == x.shape and np.isfinite(relevance).all(), method
     if "MaxPooling" not in name:
         x0 = np.full_like(x, 0.3)
@@ -789,3 +791,17 @@ def test_deeplift_with_max_pooling_is_exact_only_where_the_winners_agree():
         delta = model(x).numpy()[rows, target] - model(x0).numpy()[rows, target]
         error = np.abs(_sums(contributions) - delta).max() / np.abs(delta).max()
         assert (error < 1e-4) == exact, (reference, error)
+
+
+def test_the_z_box_is_checked_where_the_first_layer_reads_its_input():
+    """After a Normalization the first convolution reads standardised values, outside [0, 1]:
+    deep Taylor's box is checked there, not on the raw input."""
+    keras.utils.set_random_seed(32)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), Lay.Normalization(mean=0.5, variance=0.05, name="standardise"),
+        Lay.Conv2D(3, 3, activation="relu"), Lay.Flatten(), Lay.Dense(3),
+    ])
+    x = _inputs(model, n=3)
+    with pytest.raises(ValueError, match="output of layer 'standardise', which the z\\^B layer reads, lies in"):
+        unn.explain(model, x, "deep_taylor", target=0)
+    assert np.isfinite(unn.explain(model, x, "deep_taylor", target=0, low=-3.0, high=3.0)).all()

@@ -92,7 +92,11 @@ def _multipliers(model: keras.Model) -> Any:
         rules = DeepLiftComposite().rules(graph, "deeplift")
 
         def contributions(x: tf.Tensor, target: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
-            multiplier = backward(graph, rules, graph.forward(x), graph.selector(target), graph.run(reference))
+            # One reference for every sample (the black image, a mean image) runs once, and its
+            # values broadcast against the batch.
+            shared = tf.reduce_all(tf.equal(reference, reference[:1]))
+            reference_values = tf.cond(shared, lambda: graph.run(reference[:1]), lambda: graph.run(reference))
+            multiplier = backward(graph, rules, graph.forward(x), graph.selector(target), reference_values)
             return multiplier * (x - reference)
 
         return compile_batch_function(model, contributions, references=1)

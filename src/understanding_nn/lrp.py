@@ -162,6 +162,20 @@ def _linearized(
     return z, transpose
 
 
+def _transpose_only(op: LinearOp, inputs: list[tf.Tensor], kernel: tf.Tensor, s: tf.Tensor) -> list[tf.Tensor]:
+    """:math:`(\\sum_k w_{jk} s_k)_j` for a kernel, shaped like the inputs. (The affine map it
+    differentiates is not needed by the result, so the compiled graph does not compute it.)"""
+    return _linearized(op, [tf.ones_like(a) for a in inputs], kernel)[1](s)
+
+
+def _input_free(op: LinearOp, inputs: list[tf.Tensor], kernel: tf.Tensor, relevance: tf.Tensor) -> list[tf.Tensor]:
+    """:math:`R_i = \\sum_j q_{ij} / \\sum_{i'} q_{i'j} \\, R_j` for contributions
+    :math:`q_{ij}` that are the kernel's entries, whatever the input (w², flat): the denominators
+    are computed on one sample and broadcast."""
+    z = op.affine([tf.ones_like(a[:1]) for a in inputs], kernel)
+    return _transpose_only(op, inputs, kernel, divide(relevance, z))
+
+
 def _check_number(name: str, value: Any, *, non_negative: bool = True) -> None:
     """A rule's parameter must be a finite real number (and by default not negative)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -344,8 +358,7 @@ class WSquare(LinearRule):
     def relevance(
         self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
     ) -> list[tf.Tensor]:
-        z, transpose = _linearized(op, [tf.ones_like(a) for a in inputs], tf.square(op.kernel))
-        return transpose(divide(relevance, z))
+        return _input_free(op, inputs, tf.square(op.kernel), relevance)
 
 
 @dataclass(frozen=True)
@@ -358,8 +371,7 @@ class Flat(LinearRule):
     def relevance(
         self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
     ) -> list[tf.Tensor]:
-        z, transpose = _linearized(op, [tf.ones_like(a) for a in inputs], tf.ones_like(op.kernel))
-        return transpose(divide(relevance, z))
+        return _input_free(op, inputs, tf.ones_like(op.kernel), relevance)
 
 
 @dataclass(frozen=True)
@@ -385,13 +397,20 @@ class ZBox(LinearRule):
     def relevance(
         self, op: LinearOp, inputs: list[tf.Tensor], relevance: tf.Tensor, record: Record | None = None
     ) -> list[tf.Tensor]:
-        low = [self.low * tf.ones_like(a) for a in inputs]
-        high = [self.high * tf.ones_like(a) for a in inputs]
-        parts = [(inputs, op.kernel), (low, tf.nn.relu(op.kernel)), (high, -tf.nn.relu(-op.kernel))]
-        (z_x, t_x), (z_low, t_low), (z_high, t_high) = [_linearized(op, a, w) for a, w in parts]
-        s = divide(relevance, z_x - z_low - z_high)
-        shares = zip(inputs, t_x(s), low, t_low(s), high, t_high(s))
-        return [x * cx - lo * cl - hi * ch for x, cx, lo, cl, hi, ch in shares]
+        w_pos, w_neg = tf.nn.relu(op.kernel), -tf.nn.relu(-op.kernel)
+        # The box's terms do not depend on the input: computed on one sample, then broadcast.
+        one = [tf.ones_like(a[:1]) for a in inputs]
+        z_box = self.low * op.affine(one, w_pos) + self.high * op.affine(one, w_neg)
+        if record is not None:
+            z_x = record.output if op.bias is None else op.add_bias(record.output, -op.bias)
+            transpose_x = lambda s: record.vjp(op, s)  # noqa: E731
+        else:
+            z_x, transpose_x = _linearized(op, inputs, op.kernel)
+        s = divide(relevance, z_x - z_box)
+        c_x = transpose_x(s)
+        c_pos = _transpose_only(op, inputs, w_pos, s)
+        c_neg = [c - p for c, p in zip(c_x, c_pos)]  # W⁻ᵀs = Wᵀs − W⁺ᵀs
+        return [x * cx - self.low * cp - self.high * cn for x, cx, cp, cn in zip(inputs, c_x, c_pos, c_neg)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,30 +529,42 @@ def _propagation(model: keras.Model, composite: Composite, method: str, *, every
     return compiled(model, f"lrp:{method}:{every_layer}:{composite.key()}", build)
 
 
-def _boxes(model: keras.Model, composite: Composite) -> list[ZBox]:
-    """The z^B rules the composite gives to layers that read the model's input."""
+def _boxes(model: keras.Model, composite: Composite) -> list[tuple[ZBox, int]]:
+    """The z^B rules the composite gives to the first layers, with the value each one reads."""
 
-    def build() -> list[ZBox]:
+    def build() -> list[tuple[ZBox, int]]:
         graph = trace(model)
         first, _ = graph.first_and_last()
         rules = composite.rules(graph)
-        return list({rules[i] for i in first if isinstance(rules[i], ZBox) and graph.nodes[i].inputs == [0]})
+        return sorted({(rules[i], graph.nodes[i].inputs[0]) for i in first if isinstance(rules[i], ZBox)}, key=repr)
 
     return compiled(model, f"lrp-boxes:{composite.key()}", build)
 
 
 def _check_box(model: keras.Model, x: Any, composite: Composite) -> None:
-    """The z^B rule is derived for inputs inside its box: refuse inputs outside it."""
+    """The z^B rule is derived for inputs inside its box: refuse inputs outside it, wherever the
+    layer reads them (the model's input, or what a Rescaling or Normalization made of it)."""
     boxes = _boxes(model, composite)
     if not boxes:
         return
     x = validate_input(model, x)
-    low, high = float(x.min()), float(x.max())
-    for box in boxes:
+    graph = trace(model)
+    for box, value in boxes:
+        if value == 0:
+            seen, where = x, "x"
+        else:
+            name = next(node.op.name for node in graph.nodes if node.output == value)
+            reach = compiled(
+                model, f"value:{value}",
+                lambda: compile_batch_function(model, lambda xb: graph.run(xb, until=value)[value], target=False),
+            )
+            seen = np.concatenate([reach(tf.constant(x[i : i + DEFAULT_BATCH_SIZE])).numpy() for i in range(0, len(x), DEFAULT_BATCH_SIZE)])
+            where = f"the output of layer {name!r}, which the z^B layer reads,"
+        low, high = float(seen.min()), float(seen.max())
         if low < box.low - 1e-6 or high > box.high + 1e-6:
             raise ValueError(
-                f"the z^B rule assumes inputs in [{box.low:g}, {box.high:g}], but x lies in [{low:g}, {high:g}]; "
-                "pass the range of your data as low=..., high=... (for example the pixel range before any scaling)"
+                f"the z^B rule assumes inputs in [{box.low:g}, {box.high:g}], but {where} lies in [{low:g}, {high:g}]; "
+                "pass the range of those values as low=..., high=..."
             )
 
 
