@@ -145,27 +145,10 @@ class LinearRule(Rule):
         return part(bias) if use and bias is not None else None
 
 
-def _linearized(
-    op: LinearOp, inputs: list[tf.Tensor], kernel: tf.Tensor, bias: tf.Tensor | None = None
-) -> tuple[tf.Tensor, Callable[[tf.Tensor], list[tf.Tensor]]]:
-    """:math:`z = \\sum_j w_{jk} a_j + b_k` for a (modified) kernel, and the function
-    :math:`s \\mapsto (\\sum_k w_{jk} s_k)_j`, from one computation of the affine map."""
-    inputs = [tf.identity(a) for a in inputs]
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(inputs)
-        z = op.affine(inputs, kernel, bias)
-
-    def transpose(s: tf.Tensor) -> list[tf.Tensor]:
-        gradients = tape.gradient(z, inputs, output_gradients=s)
-        return [tf.zeros_like(a) if g is None else g for a, g in zip(inputs, gradients)]
-
-    return z, transpose
-
-
 def _transpose_only(op: LinearOp, inputs: list[tf.Tensor], kernel: tf.Tensor, s: tf.Tensor) -> list[tf.Tensor]:
     """:math:`(\\sum_k w_{jk} s_k)_j` for a kernel, shaped like the inputs. (The affine map it
     differentiates is not needed by the result, so the compiled graph does not compute it.)"""
-    return _linearized(op, [tf.ones_like(a) for a in inputs], kernel)[1](s)
+    return op.linearized([tf.ones_like(a) for a in inputs], kernel)[1](s)
 
 
 def _input_free(op: LinearOp, inputs: list[tf.Tensor], kernel: tf.Tensor, relevance: tf.Tensor) -> list[tf.Tensor]:
@@ -221,7 +204,7 @@ class Epsilon(LinearRule):
             # z is the step's own output, and the transpose its chain rule: nothing to recompute.
             z, transpose = record.output, (lambda s: record.vjp(op, s))
         else:
-            z, transpose = _linearized(op, inputs, op.kernel, bias)
+            z, transpose = op.linearized(inputs, op.kernel, bias)
         sign = tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
         s = divide(relevance, z + self.epsilon * sign)
         return [a * c for a, c in zip(inputs, transpose(s))]
@@ -249,7 +232,7 @@ class Gamma(LinearRule):
     ) -> list[tf.Tensor]:
         kernel = op.kernel + self.gamma * tf.nn.relu(op.kernel)
         bias = self._bias(op, self.bias, lambda b: b + self.gamma * tf.nn.relu(b))
-        z, transpose = _linearized(op, inputs, kernel, bias)
+        z, transpose = op.linearized(inputs, kernel, bias)
         return [a * c for a, c in zip(inputs, transpose(divide(relevance, z)))]
 
 
@@ -283,7 +266,7 @@ class AlphaBeta(LinearRule):
         a_pos, a_neg = _positive(inputs), _negative(inputs)
         w_pos, w_neg = tf.nn.relu(op.kernel), -tf.nn.relu(-op.kernel)
         pairs = [(a_pos, w_pos), (a_neg, w_neg)] if sign > 0 else [(a_pos, w_neg), (a_neg, w_pos)]
-        linearized = [_linearized(op, parts, weights) for parts, weights in pairs]
+        linearized = [op.linearized(parts, weights) for parts, weights in pairs]
         bias = self._bias(op, self.bias, self._part(sign))
         s = divide(relevance, op.add_bias(sum(z for z, _ in linearized), bias))
         shares = [[a * c for a, c in zip(parts, transpose(s))] for (parts, _), (_, transpose) in zip(pairs, linearized)]
@@ -300,7 +283,7 @@ class AlphaBeta(LinearRule):
         :math:`R = a \\odot (W^{+\\top}(\\alpha s^+ + \\beta s^-) - \\beta W^\\top s^-)`.
         (:math:`z^-` is computed, not taken as :math:`z - z^+`, whose rounding would turn an
         exact 0, a neuron without negative contributions, into a tiny divisor.)"""
-        z_pos, transpose_pos = _linearized(op, inputs, tf.nn.relu(op.kernel))
+        z_pos, transpose_pos = op.linearized(inputs, tf.nn.relu(op.kernel))
         s_pos = divide(relevance, op.add_bias(z_pos, self._bias(op, self.bias, self._part(+1.0))))
         if self.beta == 0:
             return [self.alpha * a * c for a, c in zip(inputs, transpose_pos(s_pos))]
@@ -405,7 +388,7 @@ class ZBox(LinearRule):
             z_x = record.output if op.bias is None else op.add_bias(record.output, -op.bias)
             transpose_x = lambda s: record.vjp(op, s)  # noqa: E731
         else:
-            z_x, transpose_x = _linearized(op, inputs, op.kernel)
+            z_x, transpose_x = op.linearized(inputs, op.kernel)
         s = divide(relevance, z_x - z_box)
         c_x = transpose_x(s)
         c_pos = _transpose_only(op, inputs, w_pos, s)

@@ -265,6 +265,23 @@ class LinearOp(Op):
         """``z`` plus a bias shaped like :attr:`bias` (``None``: no bias)."""
         return z if bias is None else z + bias
 
+    def linearized(
+        self, inputs: list[tf.Tensor], kernel: tf.Tensor, bias: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, Callable[[tf.Tensor], list[tf.Tensor]]]:
+        """:meth:`affine` with a (modified) kernel, and the function :math:`s \\mapsto
+        (\\sum_k w_{jk} s_k)_j` of its transpose, from one computation of the map: what a
+        relevance rule with modified weights needs (the transpose may be applied once)."""
+        inputs = [tf.identity(a) for a in _inputs(inputs)]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(inputs)
+            z = self.affine(inputs, kernel, bias)
+
+        def transpose(s: tf.Tensor) -> list[tf.Tensor]:
+            gradients = tape.gradient(z, inputs, output_gradients=s)
+            return [tf.zeros_like(a) if g is None else g for a, g in zip(inputs, gradients)]
+
+        return z, transpose
+
     def transpose(self, inputs: Any, kernel: tf.Tensor, s: tf.Tensor) -> list[tf.Tensor] | tf.Tensor:
         """:math:`c_j = \\sum_k w_{jk} s_k` for every input: the transpose of :meth:`affine`
         (a list for a list of inputs, a tensor for a single tensor)."""
