@@ -36,7 +36,6 @@ from .propagation import UnsupportedModelError, symbolic_io, trace
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "Target",
-    "UnsupportedModelError",
     "batch_signature",
     "class_indices",
     "class_scores",
@@ -108,7 +107,7 @@ def explain(
         output :math:`z` is a binary classifier: class 1 is explained by :math:`S_1 = z`, class
         0 by :math:`S_0 = -z`. What each propagation method does on each kind of layer is
         listed by :func:`understanding_nn.propagation.supported_layers`; a layer a method has
-        no rule for is refused with :class:`UnsupportedModelError`.
+        no rule for is refused with :class:`~understanding_nn.propagation.UnsupportedModelError`.
     x
         A batch of inputs, NumPy array or tensor, shaped like the model's input
         (``(N, 28, 28, 1)`` for the book's MNIST models), floating point, finite.
@@ -292,7 +291,7 @@ def logit_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     final softmax, log-softmax or sigmoid is left out, whether it is a layer's activation (given
     as a string, a ``keras.activations``, ``keras.ops`` or ``tf.nn`` function), a layer of its
     own, a ``keras.ops`` call, or the last layer of a nested model. An output that cannot be
-    traced to its logits is refused with :class:`UnsupportedModelError`.
+    traced to its logits is refused with :class:`~understanding_nn.propagation.UnsupportedModelError`.
     """
     validate_model(model)
     # The unfolded graph: every layer computes as Keras does, batch normalizations included.

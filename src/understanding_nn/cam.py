@@ -323,7 +323,7 @@ def cam(
         As in :func:`understanding_nn.explain`. The model must end in a
         ``GlobalAveragePooling2D`` and one linear ``Dense`` layer (Dropout between them is
         allowed, and a final softmax or sigmoid is ignored); any other model is refused with
-        :class:`~understanding_nn.attribution.UnsupportedModelError`.
+        :class:`~understanding_nn.propagation.UnsupportedModelError`.
     layer
         ``None`` (default) or the name of the layer whose output enters the pooling (the only
         layer CAM is defined at).

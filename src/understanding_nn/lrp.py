@@ -448,7 +448,8 @@ class Composite(BaseComposite):
     layers. The other kinds get the rules listed in the module's docstring, with max-pooling as
     ``max_pooling`` says.
 
-    Compiled propagations are cached per model under the composite's :meth:`get_config`, the
+    Compiled propagations are cached per model under the composite's
+    :meth:`~understanding_nn.propagation.Composite.get_config`, the
     rules' parameters as data; a custom rule publishes its own (a frozen dataclass does).
 
     Examples

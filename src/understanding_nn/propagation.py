@@ -250,10 +250,12 @@ class LinearOp(Op):
 
     @property
     def kernel(self) -> tf.Tensor:
+        """The weights :math:`w` of the affine map."""
         raise NotImplementedError
 
     @property
     def bias(self) -> tf.Tensor | None:
+        """The bias :math:`b` of the affine map, ``None`` for none."""
         raise NotImplementedError
 
     def affine(self, inputs: Any, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
@@ -262,7 +264,7 @@ class LinearOp(Op):
         raise NotImplementedError(f"{type(self).__name__} must define affine(inputs, kernel, bias)")
 
     def add_bias(self, z: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
-        """``z`` plus a bias shaped like :attr:`bias` (``None``: no bias)."""
+        """``z`` plus a bias shaped like :attr:`LinearOp.bias` (``None``: no bias)."""
         return z if bias is None else z + bias
 
     def linearized(
@@ -366,6 +368,7 @@ class WeightedOp(LinearOp):
         return self.add_bias(z, bias)
 
     def add_bias(self, z: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
+        """``z`` plus one bias per output channel (``None``: no bias), in the layer's layout."""
         if bias is None:
             return z
         if self.channel_axis == 1:
@@ -403,6 +406,7 @@ class PoolOp(CallOp):
     average pooling over the same windows, which proportional relevance rules share by."""
 
     def average(self, a: tf.Tensor) -> tf.Tensor:
+        """Average pooling over the same windows (over all positions for a global pooling)."""
         layer = self.layer
         if isinstance(layer, _GLOBAL_POOLING):
             first = 2 if layer.data_format == "channels_first" else 1
@@ -613,7 +617,7 @@ class Graph:
 
     @property
     def n_classes(self) -> int:
-        """The number of classes a target can name: 2 for a single logit, else one per logit."""
+        """How many classes a target can name (2 for a single logit, else one per logit)."""
         return 2 if self.binary else self.n_outputs
 
     def run(self, x: tf.Tensor, *, until: int | None = None, watch: tuple[int, tf.GradientTape] | None = None) -> list[tf.Tensor]:
@@ -967,12 +971,15 @@ class Rule:
     """
 
     def applies_to(self, op: Op) -> bool:
+        """Whether the rule can handle the step ``op`` (a composite that gives it to another step is refused)."""
         return True
 
     def backward(self, op: Op, record: Record, signal: tf.Tensor) -> list[tf.Tensor]:
+        """The signal of each input of ``op``, given the ``signal`` at its output."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
+        """The rule's class and settings as plain data (numbers, strings, lists, mappings, rules)."""
         if not dataclasses.is_dataclass(self):
             raise TypeError(
                 f"rule {type(self).__name__} publishes no settings: make it a frozen dataclass or define get_config()"
@@ -1059,6 +1066,7 @@ class Composite:
                 raise TypeError(f"a composite's rules must be Rule objects, got {rule!r}")
 
     def get_config(self) -> dict[str, Any]:
+        """The composite's class and every rule's settings as plain data."""
         config = {f.name: _config_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
         return {"composite": f"{type(self).__module__}.{type(self).__qualname__}", **config}
 
