@@ -698,6 +698,7 @@ class Graph:
         return known
 
     def weighted(self) -> list[Node]:
+        """The Dense and convolution steps, in topological order."""
         return [node for node in self.nodes if node.op.kind in ("dense", "conv")]
 
     def first_and_last(self) -> tuple[set[int], set[int]]:
