@@ -211,7 +211,7 @@ def test_every_layer_conserves(model_zoo, unit_images, model_name, composite, ma
     assert [name for name, _ in layers] == ["input"] + layer_names
     # Each relevance has the shape of its layer's output, and the last is the one-hot logit.
     outputs = keras.Model(model.inputs, [layer.output for layer in model.layers[-len(layer_names):]])
-    for (name, relevance), output in zip(layers[1:], outputs(unit_images[keep])):
+    for (name, relevance), output in zip(layers[1:], outputs([unit_images[keep]])):
         assert relevance.shape == tuple(output.shape), name
     assert len(graph.nodes) >= len(layer_names)
     expected_top = np.eye(N_CLASSES)[target[keep]] * logits[keep]

@@ -208,7 +208,7 @@ def validate_input(model: keras.Model, x: Any) -> np.ndarray:
     if not finite.all():
         raise ValueError(f"x contains {int((~finite).sum())} NaN or infinite values")
     largest = float(np.abs(x).max())
-    if largest > np.finfo(np.float32).max:
+    if largest > float(np.finfo(np.float32).max):
         raise ValueError(
             f"x holds values up to {largest:.3g}, beyond float32's range (about 3.4e38), in which the "
             "model computes; rescale the inputs"
