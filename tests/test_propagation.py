@@ -322,11 +322,9 @@ def test_every_linear_layer_against_numpy(name, rule):
             return (part * np.where(total == 0, 0, R / np.where(total == 0, 1, total))[:, None, :]).sum(axis=2)
         expected = rule.alpha * share(lambda c: np.maximum(c, 0)) - rule.beta * share(lambda c: np.minimum(c, 0))
     else:
-        w = matrix**2 if isinstance(rule, L.WSquare) else (matrix != 0).astype(np.float64)
-        # the flat rule spreads over the receptive field: the kernel's support, not exact zeros of the matrix
-        if isinstance(rule, L.Flat):
-            support, _ = _as_matrix_support(op, shape)
-            w = support
+        # w² squares the weights; the flat rule spreads over the receptive field (the kernel's
+        # support, not the exact zeros of the matrix)
+        w = matrix**2 if isinstance(rule, L.WSquare) else _as_matrix_support(op, shape)
         expected = (R / w.sum(axis=0, keepdims=True).clip(1e-30)) @ w.T
     result = rule.propagate(op, tf.constant(a), tf.constant(R.reshape(np.asarray(op.forward(a)).shape), tf.float32))
     result = np.asarray(result).reshape(3, -1)
@@ -339,7 +337,7 @@ def _as_matrix_support(op, shape):
     size = int(np.prod(shape))
     basis = np.eye(size, dtype=np.float32).reshape(size, *shape)
     responses = np.asarray(op.affine(basis, tf.ones_like(op.kernel))).reshape(size, -1)
-    return (responses != 0).astype(np.float64), None
+    return (responses != 0).astype(np.float64)
 
 
 @pytest.mark.parametrize("name", ["dense_3d", "conv2d_strided", "depthwise2d", "separable2d", "transpose2d", "conv2d_first"])
@@ -363,13 +361,6 @@ def test_batch_norm_folds_into_every_weighted_layer(name):
 # --------------------------------------------------------------------------------------------
 # Merges and moving layers against NumPy
 # --------------------------------------------------------------------------------------------
-
-
-def _two_inputs(merge, shape=(4,)):
-    inputs = keras.Input((2, *shape))
-    left = Lay.Lambda(lambda t: t[:, 0])(inputs)
-    right = Lay.Lambda(lambda t: t[:, 1])(inputs)
-    return inputs, left, right, merge
 
 
 @pytest.mark.parametrize("merge, weights", [(Lay.Add, (1, 1)), (Lay.Subtract, (1, -1)), (Lay.Average, (0.5, 0.5))])
