@@ -9,8 +9,10 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-# TensorFlow's C++ start-up notices would otherwise land in every chapter's stderr.
+# TensorFlow's C++ start-up notices would otherwise land in every chapter's stderr, and progress
+# bars (shown where a person is watching, a notebook included) in every chapter's output.
 export TF_CPP_MIN_LOG_LEVEL := 2
+export UNDERSTANDING_NN_PROGRESS := off
 
 # The site's browser tests (tests/test_site.py) drive a system Chromium: Debian's package where
 # none is installed (no browser download), or a Chrome the machine already has.

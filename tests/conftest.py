@@ -12,8 +12,20 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Progress bars are for people watching; the tests that check them switch them on themselves.
+os.environ["UNDERSTANDING_NN_PROGRESS"] = "off"
 
-import matplotlib
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, so that tf.distribute runs on two replicas here
+# (tests/test_streaming.py); ops are placed on the first unless a strategy says otherwise. This
+# must happen before TensorFlow initialises its devices, hence before anything else runs.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+)
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -64,7 +76,7 @@ def built_book(tmp_path_factory) -> Path:
     result = subprocess.run(
         [str(jupyter_book), "build", str(ROOT), "--path-output", str(output),
          "--warningiserror", "--nitpick", "--keep-going"],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", UNDERSTANDING_NN_PROGRESS="off"),
         capture_output=True, text=True, timeout=3600,
     )
     log = result.stdout + result.stderr

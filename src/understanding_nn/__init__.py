@@ -17,13 +17,15 @@ Grad-CAM, Grad-CAM++), :mod:`~understanding_nn.prototypes` (activation
 maximization, with an expert or in a generator's code space), :mod:`~understanding_nn.experts`
 (density models of the digits), :mod:`~understanding_nn.generators` (a variational autoencoder), :mod:`~understanding_nn.metrics` (quality measures of maps),
 :mod:`~understanding_nn.analysis` (what explanations are for: SpRAy, contrastive explanations, summaries) and
-:mod:`~understanding_nn.plotting` (heatmaps).
+:mod:`~understanding_nn.plotting` (heatmaps); :mod:`~understanding_nn.streaming` holds what
+:func:`explain` does for a whole data set (streams of batches, results on disk, progress, several
+devices).
 """
 
 __version__ = "0.1.0"
 
-from . import analysis, attribution, cam, data, deeplift, experts, generators, gradients, lrp, metrics, models, plotting, propagation, prototypes  # noqa: E402
-from .attribution import UnsupportedModelError, explain, methods  # noqa: E402
+from . import analysis, attribution, cam, data, deeplift, experts, generators, gradients, lrp, metrics, models, plotting, propagation, prototypes, streaming  # noqa: E402
+from .attribution import UnsupportedModelError, explain, explain_batches, methods  # noqa: E402
 
 __all__ = [
     "UnsupportedModelError",
@@ -35,6 +37,7 @@ __all__ = [
     "deeplift",
     "experts",
     "explain",
+    "explain_batches",
     "generators",
     "gradients",
     "lrp",
@@ -44,4 +47,5 @@ __all__ = [
     "plotting",
     "propagation",
     "prototypes",
+    "streaming",
 ]

@@ -23,8 +23,9 @@ registered under its name with :func:`register`; :func:`explain` dispatches to i
 from __future__ import annotations
 
 import inspect
+import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
 
 import keras
@@ -32,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from .propagation import UnsupportedModelError, symbolic_io, trace
+from .streaming import BatchError, NpyWriter, distributed, is_stream, progress_bar, progress_setting, read_batches, stream_length
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -43,6 +45,7 @@ __all__ = [
     "compile_function",
     "compiled",
     "explain",
+    "explain_batches",
     "explain_sliding",
     "gaussian_blur",
     "logit_function",
@@ -93,9 +96,13 @@ def explain(
     x: Any,
     method: str,
     target: Target = None,
+    *,
+    out: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    strategy: tf.distribute.Strategy | None = None,
     **params: Any,
 ) -> np.ndarray:
-    """Explain the decisions of ``model`` on the batch ``x`` with the attribution ``method``.
+    """Explain the decisions of ``model`` on the inputs ``x`` with the attribution ``method``.
 
     Parameters
     ----------
@@ -109,26 +116,166 @@ def explain(
         listed by :func:`understanding_nn.propagation.supported_layers`; a layer a method has
         no rule for is refused with :class:`~understanding_nn.propagation.UnsupportedModelError`.
     x
-        A batch of inputs, NumPy array or tensor, shaped like the model's input
-        (``(N, 28, 28, 1)`` for the book's MNIST models), floating point, finite.
+        The inputs: a batch (NumPy array or tensor) shaped like the model's input
+        (``(N, 28, 28, 1)`` for the book's MNIST models), floating point, finite; or a stream of
+        such batches, read one at a time: a ``tf.data.Dataset``, a ``keras.utils.PyDataset``, a
+        generator or any other iterable, of ``x`` or of pairs ``(x, y)`` whose ``y`` are the
+        classes to explain (see :func:`explain_batches`).
     method
         One of :func:`methods`, for example ``"gradient"`` or ``"sensitivity"``.
     target
         The class to explain: an int (the same class for every sample), a sequence of ``N`` class
         indices (shape ``(N,)`` or a column ``(N, 1)``), or ``None`` for the class the model
-        predicts for each sample.
+        predicts for each sample (or, for a stream of pairs ``(x, y)``, the ``y`` of each batch).
+    out
+        A path ending in ``.npy``: the relevance is written there batch by batch, so that an
+        explanation larger than memory is one call, and a read-only memory map of the file is
+        returned. If a batch fails, the file keeps the explanations of the batches before it.
+    progress
+        Show a progress bar (``True``), never (``False``), or where a person is watching
+        (``None``: a terminal or a notebook, unless ``UNDERSTANDING_NN_PROGRESS=off``); work that
+        ends within a second shows none.
+    strategy
+        A ``tf.distribute.Strategy`` whose replicas share every batch (the same as calling
+        ``explain`` inside ``strategy.scope()``): each replica explains its share and the
+        results are gathered in input order.
     **params
         The method's own parameters (see the method's function), and ``batch_size``.
 
     Returns
     -------
     numpy.ndarray
-        The relevance :math:`R(x)`, float32, with the same shape as ``x``.
+        The relevance :math:`R(x)`, float32, with the same shape as ``x`` (for a stream: all its
+        batches, concatenated in order).
 
     Examples
     --------
     >>> R = explain(model, x_test[:10], method="sensitivity", target=y_test[:10])  # doctest: +SKIP
+    >>> stream = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(256)  # doctest: +SKIP
+    >>> R = explain(model, stream, "lrp.epsilon", out="relevance.npy")              # doctest: +SKIP
     """
+    function = _method_function(method, params)
+    if strategy is not None:
+        if not isinstance(strategy, tf.distribute.Strategy):
+            raise TypeError(f"strategy must be a tf.distribute.Strategy, got {type(strategy).__name__}")
+        with strategy.scope():
+            return explain(model, x, method, target, out=out, progress=progress, **params)
+    with progress_setting(progress):
+        if out is None and not is_stream(x):
+            return function(model, x, target, **params)
+        if out is not None:
+            return _explain_to_disk(model, x, method, target, out, params)
+        return np.concatenate(list(explain_batches(model, x, method, target, **params)), axis=0)
+
+
+def explain_batches(
+    model: keras.Model,
+    data: Any,
+    method: str,
+    target: Target = None,
+    *,
+    progress: bool | None = None,
+    **params: Any,
+) -> Iterator[np.ndarray]:
+    """Explain a stream of batches one batch at a time: a generator of each batch's relevance.
+
+    Memory stays bounded by the batch, whatever the length of the stream. Each batch is
+    explained as :func:`explain` explains an array, under the current ``tf.distribute``
+    strategy if any.
+
+    Parameters
+    ----------
+    model, method, progress, **params
+        As in :func:`explain`.
+    data
+        A ``tf.data.Dataset``, a ``keras.utils.PyDataset``, a generator or any iterable of
+        batches, each either ``x`` or a pair ``(x, y)`` with ``y`` the classes to explain (an
+        array or a tensor also works: it is cut into batches of ``batch_size``).
+    target
+        An int (the same class for every sample, overriding any ``y``) or ``None`` (each batch's
+        ``y``, or the predicted class where there is none). Per-sample targets of a stream come
+        in the stream, as ``(x, y)``.
+
+    Yields
+    ------
+    numpy.ndarray
+        The relevance of each batch, float32, shaped like the batch, in the stream's order.
+
+    Raises
+    ------
+    understanding_nn.streaming.BatchError
+        For a batch that is not a valid input (wrong shape or dtype, NaN, a bad ``y``): the
+        message names the batch (counting from 1) and the inputs it holds.
+
+    Examples
+    --------
+    >>> for R in explain_batches(model, dataset, "gradient"):   # doctest: +SKIP
+    ...     save(R)
+    """
+    function = _method_function(method, params)
+    validate_model(model)
+    batch_size = params.get("batch_size", DEFAULT_BATCH_SIZE)
+    if is_stream(data):
+        if target is not None and (isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer))):
+            raise TypeError(
+                "with a stream of batches, target must be an int or None; per-sample targets come in "
+                "the stream, as batches (x, y)"
+            )
+        batches, total = read_batches(data), stream_length(data)
+    else:
+        batches = _array_batches(model, data, target, batch_size)
+        total, target = len(batches), None  # the targets travel with their rows
+    with progress_setting(progress), progress_bar(total, unit="batch") as bar:
+        start = 0
+        for number, (xb, yb) in enumerate(batches, start=1):
+            position = f"batch {number}{f' of {total}' if total else ''} of the stream"
+            try:
+                if np.ndim(xb) == len(model.inputs[0].shape) - 1:
+                    raise ValueError(
+                        f"it is a single sample of shape {np.shape(xb)}, not a batch: batch the stream "
+                        "(for a tf.data.Dataset, dataset.batch(256))"
+                    )
+                xb = validate_input(model, xb)
+                batch_target = target if target is not None else yb
+                if batch_target is not None:
+                    batch_target = class_indices(batch_target, len(xb), n_classes(model))
+            except (TypeError, ValueError) as error:
+                raise BatchError(f"{position} (inputs from {start} on): {error}") from error
+            yield function(model, xb, batch_target, **params)
+            start += len(xb)
+            bar.update()
+        if start == 0:
+            raise BatchError("the stream yielded no batches")
+
+
+def _array_batches(model: keras.Model, x: Any, target: Target, batch_size: Any) -> list[tuple[np.ndarray, Any]]:
+    """The batch ``x`` cut into pairs (inputs, targets) of ``batch_size`` rows, targets resolved."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x = validate_input(model, x)
+    targets = None if target is None else class_indices(target, len(x), n_classes(model))
+    return [
+        (x[i : i + batch_size], None if targets is None else targets[i : i + batch_size])
+        for i in range(0, len(x), batch_size)
+    ]
+
+
+def _explain_to_disk(model: keras.Model, x: Any, method: str, target: Target, out: Any, params: dict) -> np.ndarray:
+    """:func:`explain` writing to ``out`` batch by batch, keeping what was done if a batch fails."""
+    writer = NpyWriter(out)
+    try:
+        for relevance in explain_batches(model, x, method, target, **params):
+            writer.write(relevance)
+    except BatchError as error:
+        writer.close()
+        raise BatchError(f"{error}; the {writer.rows} explanations before it are in {str(writer.path)!r}") from error
+    finally:
+        writer.close()
+    return np.load(writer.path, mmap_mode="r")
+
+
+def _method_function(method: Any, params: dict[str, Any]) -> Callable[..., np.ndarray]:
+    """The registered function of ``method``, after checking that it takes ``params``."""
     if not isinstance(method, str):
         raise TypeError(f"method must be a method name (str), got {type(method).__name__}")
     try:
@@ -148,7 +295,7 @@ def explain(
             f"method {method!r} has no parameter {', '.join(map(repr, unknown))}; "
             f"its parameters are: {', '.join(accepted)}"
         )
-    return function(model, x, target, **params)
+    return function
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,19 +537,25 @@ def run_batched(
     This is the shared body of every attribution function: ``batch_function`` receives a float32
     tensor of at most ``batch_size`` samples, their int32 targets, and the matching rows of each
     array in ``per_sample`` (for example reference inputs), and returns the relevance of that
-    batch with the same shape as ``x_batch``.
+    batch with the same shape as ``x_batch``. Under a ``tf.distribute`` strategy with several
+    replicas, each replica computes its share of every batch
+    (:func:`understanding_nn.streaming.distributed`); a progress bar counts the samples
+    (:func:`understanding_nn.streaming.progress_bar`).
     """
     validate_model(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x = validate_input(model, x)
     targets = resolve_target(model, x, target, batch_size)
+    apply = distributed(batch_function)
     parts = []
-    for start in range(0, len(x), batch_size):
-        rows = slice(start, start + batch_size)
-        extra = [tf.constant(array[rows]) for array in per_sample]
-        relevance = batch_function(tf.constant(x[rows]), tf.constant(targets[rows]), *extra)
-        parts.append(np.asarray(relevance, dtype=np.float32))
+    with progress_bar(len(x)) as bar:
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            extra = [tf.constant(array[rows]) for array in per_sample]
+            relevance = apply(tf.constant(x[rows]), tf.constant(targets[rows]), *extra)
+            parts.append(np.asarray(relevance, dtype=np.float32))
+            bar.update(len(parts[-1]))
     return np.concatenate(parts, axis=0)
 
 

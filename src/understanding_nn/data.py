@@ -22,9 +22,12 @@ Images are float32 in [0, 1], shaped ``(N, height, width, 1)`` for Keras; labels
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
+
+from .streaming import progress_bar
 
 __all__ = [
     "IMAGE_SHAPE",
@@ -41,6 +44,7 @@ __all__ = [
     "load_mnist",
     "marked_mnist",
     "max_toy",
+    "minibatches",
     "one_per_class",
 ]
 
@@ -130,6 +134,29 @@ def load_full_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     }
     pixels, labels = parts[split]
     return _to_images(pixels), np.asarray(labels, dtype=np.int64)
+
+
+def minibatches(n: int, batch_size: int, epochs: int, *, seed: int, whole_batches: bool = False) -> Iterator[np.ndarray]:
+    """The sample indices of every step of a training run, with a progress bar over the steps.
+
+    ``epochs`` passes over ``n`` samples, each in an order drawn afresh by one generator seeded
+    with ``seed`` (so the same arguments give the same steps), cut into batches of ``batch_size``;
+    with ``whole_batches`` the last, smaller batch of each pass is left out. The bar
+    (:func:`understanding_nn.streaming.progress_bar`) shows where a person is watching.
+
+    Examples
+    --------
+    >>> [list(b) for b in minibatches(4, 3, 1, seed=0)]
+    [[2, 3, 1], [0]]
+    """
+    order = np.random.default_rng(seed)
+    stop = n - batch_size + 1 if whole_batches else n
+    with progress_bar(epochs * len(range(0, stop, batch_size)), unit="step") as bar:
+        for _ in range(epochs):
+            shuffled = order.permutation(n)
+            for start in range(0, stop, batch_size):
+                yield shuffled[start : start + batch_size]
+                bar.update()
 
 
 def one_per_class(labels: np.ndarray, occurrence: int = 0) -> np.ndarray:

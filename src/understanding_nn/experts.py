@@ -212,15 +212,10 @@ def train_rbm(model: GaussianRBM, training: RBMTraining) -> dict[str, Any]:
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    order = np.random.default_rng(training.seed)
-    counter = 0
-    for _ in range(training.epochs):
-        shuffled = order.permutation(len(x_train))
-        # Whole batches only, so that the persistent chains keep one shape.
-        for start in range(0, len(x_train) - training.batch_size + 1, training.batch_size):
-            batch = shuffled[start : start + training.batch_size]
-            counter += 1
-            step(tf.constant(x_train[batch]), tf.constant([training.seed, 2 * training.gibbs_steps * counter]))
+    # Whole batches only, so that the persistent chains keep one shape.
+    batches = _data.minibatches(len(x_train), training.batch_size, training.epochs, seed=training.seed, whole_batches=True)
+    for counter, batch in enumerate(batches, start=1):
+        step(tf.constant(x_train[batch]), tf.constant([training.seed, 2 * training.gibbs_steps * counter]))
     ratio_after = float(log_likelihood_ratio(model, x_test, seed=training.seed).mean())
     return {
         "held_out_log_ratio_vs_shuffled": ratio_after,
@@ -356,5 +351,5 @@ def log_likelihood_ratio(expert: keras.Model, x: Any, *, seed: int = 0) -> np.nd
 
 
 # The code the trainers run beyond their own bodies, hashed into the zoo's cache key.
-train_rbm.depends_on = (GaussianRBM, log_likelihood_ratio, shuffle_pixels)  # type: ignore[attr-defined]
+train_rbm.depends_on = (GaussianRBM, log_likelihood_ratio, shuffle_pixels, _data.minibatches)  # type: ignore[attr-defined]
 fit_pca_gaussian.depends_on = (PCAGaussian,)  # type: ignore[attr-defined]

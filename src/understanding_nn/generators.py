@@ -148,14 +148,9 @@ def train_vae(model: VAE, training: VAETraining) -> dict[str, Any]:
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    order = np.random.default_rng(training.seed)
-    counter = 0
-    for _ in range(training.epochs):
-        shuffled = order.permutation(len(x_train))
-        for start in range(0, len(x_train), training.batch_size):
-            batch = shuffled[start : start + training.batch_size]
-            counter += 1
-            step(tf.constant(x_train[batch]), tf.constant([training.seed, counter]))
+    batches = _data.minibatches(len(x_train), training.batch_size, training.epochs, seed=training.seed)
+    for counter, batch in enumerate(batches, start=1):
+        step(tf.constant(x_train[batch]), tf.constant([training.seed, counter]))
     noise = tf.random.stateless_normal((len(x_test), model.code_size), [training.seed, -1])
     reconstruction, kl = model.negative_elbo(tf.constant(x_test), noise)
     return {
@@ -167,4 +162,4 @@ def train_vae(model: VAE, training: VAETraining) -> dict[str, Any]:
 
 
 # The code the trainer runs beyond its own body, hashed into the zoo's cache key.
-train_vae.depends_on = (VAE, reconstruction_error)  # type: ignore[attr-defined]
+train_vae.depends_on = (VAE, reconstruction_error, _data.minibatches)  # type: ignore[attr-defined]

@@ -40,6 +40,7 @@ from .attribution import (
     validate_model,
 )
 from .propagation import KINDS, Composite, Gradient, Op, Pass, Record, Rule, backward, trace
+from .streaming import progress_bar
 
 __all__ = [
     "QUADRATURES",
@@ -75,6 +76,13 @@ def input_gradient(model: keras.Model) -> Any:
     return compiled(model, "input_gradient", lambda: compile_batch_function(model, gradient_of_target_logit))
 
 
+def _of_gradient(model: keras.Model, name: str, combine: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Any:
+    """The compiled function ``(x, target) -> combine(x, ∂S_target/∂x)`` of ``model``, built once
+    per model under ``name`` (one function per method, so that it is traced once)."""
+    grad = input_gradient(model)
+    return compiled(model, name, lambda: compile_batch_function(model, lambda xb, tb: combine(xb, grad(xb, tb))))
+
+
 @register("gradient")
 def gradient(
     model: keras.Model,
@@ -98,10 +106,9 @@ def gradient(
     batch_size
         Samples per compiled pass.
     """
-    grad = input_gradient(model)
     if absolute:
-        return run_batched(model, x, target, lambda xb, tb: tf.abs(grad(xb, tb)), batch_size=batch_size)
-    return run_batched(model, x, target, grad, batch_size=batch_size)
+        return run_batched(model, x, target, _of_gradient(model, "saliency", lambda _, g: tf.abs(g)), batch_size=batch_size)
+    return run_batched(model, x, target, input_gradient(model), batch_size=batch_size)
 
 
 @register("sensitivity")
@@ -120,8 +127,7 @@ def sensitivity(
     steepness of the function, not its value, so it answers "what would change the score",
     not "what makes up the score".
     """
-    grad = input_gradient(model)
-    return run_batched(model, x, target, lambda xb, tb: tf.square(grad(xb, tb)), batch_size=batch_size)
+    return run_batched(model, x, target, _of_gradient(model, "sensitivity", lambda _, g: tf.square(g)), batch_size=batch_size)
 
 
 @register("gradient_x_input")
@@ -139,8 +145,7 @@ def gradient_x_input(
     For a bias-free ReLU network :math:`S_c` is positively homogeneous and piecewise linear, so
     :math:`\\sum_i R_i(x) = S_c(x)` exactly (Euler's theorem); with biases it is only approximate.
     """
-    grad = input_gradient(model)
-    return run_batched(model, x, target, lambda xb, tb: xb * grad(xb, tb), batch_size=batch_size)
+    return run_batched(model, x, target, _of_gradient(model, "gradient_x_input", tf.multiply), batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,6 +437,8 @@ def smoothgrad(
     value_range = (x.max(axis=tuple(range(1, x.ndim))) - x.min(axis=tuple(range(1, x.ndim))))
     scale = (sigma * value_range).reshape((-1,) + (1,) * (x.ndim - 1))
     total = np.zeros_like(x, dtype=np.float64)
-    for pattern in noise:
-        total += explain(model, x + scale * pattern, base_method, targets, batch_size=batch_size, **(base_params or {}))
+    with progress_bar(n_samples, unit="noisy copy") as bar:
+        for pattern in noise:
+            total += explain(model, x + scale * pattern, base_method, targets, batch_size=batch_size, **(base_params or {}))
+            bar.update()
     return (total / n_samples).astype(np.float32)

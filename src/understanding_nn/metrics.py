@@ -49,6 +49,7 @@ from .attribution import (
     validate_input,
     validate_model,
 )
+from .streaming import progress_bar, progress_setting
 
 __all__ = [
     "FILLS",
@@ -470,6 +471,7 @@ def pixel_flipping(
     value_range: tuple[float, float] = (0.0, 1.0),
     blur_sigma: float = 2.0,
     batch_size: int = _FLIP_INPUTS_PER_PASS,
+    progress: bool | None = None,
 ) -> np.ndarray:
     """The target logit as the patches of each input are removed one by one, in the order of
     their relevance (Bach et al. 2015; Samek et al. 2017; Montavon et al. 2018, §7.2).
@@ -528,6 +530,9 @@ def pixel_flipping(
     batch_size
         Perturbed inputs per forward pass: all :math:`K + 1` steps of a chunk of samples go
         through the model together.
+    progress
+        Show a progress bar over the samples (``True``), never (``False``), or where a person is
+        watching (``None``, see :func:`understanding_nn.streaming.watching`).
 
     Returns
     -------
@@ -574,18 +579,20 @@ def pixel_flipping(
     ks = np.arange(steps + 1)
     per_chunk = max(1, batch_size // len(ks))
     curves = np.empty((len(x), len(ks)))
-    for start in range(0, len(x), per_chunk):
-        rows = slice(start, start + per_chunk)
-        removed = position_rank[rows][:, None] < ks.reshape((1, -1) + (1,) * (x.ndim - 1))  # (b, K+1, ...)
-        if fill_values is None:
-            masks = removed if len(spatial) == x.ndim - 1 else removed[..., 0]
-            repeated = np.repeat(x[rows], len(ks), axis=0)
-            perturbed = impute(repeated, masks.reshape(-1, *spatial))
-        else:
-            perturbed = np.where(removed, fill_values[rows][:, None], x[rows][:, None])
-        scores = class_scores(model, perturbed.reshape(-1, *x.shape[1:]).astype(np.float32), batch_size=batch_size)
-        chunk_targets = np.repeat(targets[rows], len(ks))
-        curves[rows] = scores[np.arange(len(chunk_targets)), chunk_targets].reshape(-1, len(ks))
+    with progress_setting(progress), progress_bar(len(x)) as bar:
+        for start in range(0, len(x), per_chunk):
+            rows = slice(start, start + per_chunk)
+            removed = position_rank[rows][:, None] < ks.reshape((1, -1) + (1,) * (x.ndim - 1))  # (b, K+1, ...)
+            if fill_values is None:
+                masks = removed if len(spatial) == x.ndim - 1 else removed[..., 0]
+                repeated = np.repeat(x[rows], len(ks), axis=0)
+                perturbed = impute(repeated, masks.reshape(-1, *spatial))
+            else:
+                perturbed = np.where(removed, fill_values[rows][:, None], x[rows][:, None])
+            scores = class_scores(model, perturbed.reshape(-1, *x.shape[1:]).astype(np.float32), batch_size=batch_size)
+            chunk_targets = np.repeat(targets[rows], len(ks))
+            curves[rows] = scores[np.arange(len(chunk_targets)), chunk_targets].reshape(-1, len(ks))
+            bar.update(len(chunk_targets) // len(ks))
     return curves
 
 

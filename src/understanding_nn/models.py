@@ -36,6 +36,7 @@ from . import __version__
 from . import data as _data
 from .experts import PCATraining, RBMTraining, fit_pca_gaussian, gaussian_rbm, pca_gaussian, train_rbm
 from .generators import VAETraining, train_vae, vae
+from .streaming import progress_setting
 
 __all__ = [
     "CACHE_ENV",
@@ -479,17 +480,13 @@ def fit_classifier(model: keras.Model, training: TrainingConfig) -> dict[str, An
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
-    order = np.random.default_rng(training.seed)
-    for _ in range(training.epochs):
-        shuffled = order.permutation(len(x_train))
-        for start in range(0, len(x_train), training.batch_size):
-            batch = shuffled[start : start + training.batch_size]
-            step(tf.constant(x_train[batch]), tf.constant(y_train[batch]))
+    for batch in _data.minibatches(len(x_train), training.batch_size, training.epochs, seed=training.seed):
+        step(tf.constant(x_train[batch]), tf.constant(y_train[batch]))
     return {"test_accuracy": evaluate(model, x_test, y_test), "n_test": int(len(y_test))}
 
 
 # The code a trainer runs, beyond its own body; hashed into the cache key (see _cache_key).
-fit_classifier.depends_on = (_training_data, evaluate, right_reasons_penalty)  # type: ignore[attr-defined]
+fit_classifier.depends_on = (_training_data, evaluate, right_reasons_penalty, _data.minibatches)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,13 +719,15 @@ def _checked_training(zoo_entry: ZooEntry, training: Any) -> Any:
     return training
 
 
-def load(name: str, *, training: Any = None, verbose: bool = False) -> keras.Model:
+def load(name: str, *, training: Any = None, verbose: bool = False, progress: bool | None = None) -> keras.Model:
     """The trained zoo model ``name``: read from the cache, or trained and cached on first use.
 
     ``training`` replaces the entry's training settings (of the same type, for example
     ``dataclasses.replace(entry(name).training, epochs=5)``); the model trained with them is
     cached under its own key, next to the entry's. Raises ``ValueError`` for an unknown name
-    (the message lists :func:`available`).
+    (the message lists :func:`available`). ``progress`` shows the training steps (``True``),
+    never (``False``), or where a person is watching (``None``, see
+    :func:`understanding_nn.streaming.watching`).
     """
     weights_path, card_path = _paths(name, training)
     if weights_path.exists() and card_path.exists():
@@ -737,7 +736,8 @@ def load(name: str, *, training: Any = None, verbose: bool = False) -> keras.Mod
         if verbose:
             print(f"{name}: loaded from {weights_path}")
         return model
-    model, card = train(name, _checked_training(entry(name), training))
+    with progress_setting(progress):
+        model, card = train(name, _checked_training(entry(name), training))
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     # Write under temporary names and rename, so an interrupted run never leaves a half file
     # that a later run would take for a trained model.
