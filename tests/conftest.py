@@ -66,12 +66,22 @@ def built_book(tmp_path_factory) -> Path:
     execution cache. Returns the folder of the HTML site.
 
     To run the site's tests against a site you have built already, set
-    ``UNDERSTANDING_NN_BUILT_SITE`` to its HTML folder (e.g. ``_build/html``)."""
+    ``UNDERSTANDING_NN_BUILT_SITE`` to its HTML folder (e.g. ``_build/html``). To keep the site
+    this build makes (the GitHub workflow publishes it, so the book is built once), set
+    ``UNDERSTANDING_NN_BOOK_OUTPUT`` to a folder that does not exist yet: the site goes to its
+    ``_build/html``."""
     prebuilt = os.environ.get("UNDERSTANDING_NN_BUILT_SITE")
     if prebuilt:
         assert (Path(prebuilt) / "index.html").is_file(), f"no built site in {prebuilt}"
         return Path(prebuilt).resolve()
-    output = tmp_path_factory.mktemp("book")
+    kept = os.environ.get("UNDERSTANDING_NN_BOOK_OUTPUT")
+    if kept:
+        # A fresh folder, so that no page is taken from an earlier build's execution cache.
+        assert not Path(kept).exists(), f"UNDERSTANDING_NN_BOOK_OUTPUT={kept} exists already; give a new folder"
+        output = Path(kept).resolve()
+        output.mkdir(parents=True)
+    else:
+        output = tmp_path_factory.mktemp("book")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     result = subprocess.run(
         [str(jupyter_book), "build", str(ROOT), "--path-output", str(output),

@@ -76,6 +76,21 @@ def test_book_builds_with_every_chapter_executed(built_book: Path) -> None:
         assert "Traceback (most recent call last)" not in content, f"{name} shows a traceback"
         for kind in ("traceback", "stderr"):
             assert f'output {kind}' not in content, f"{name} shows {kind} output"
+        # Progress bars are for people watching (the build's kernels would otherwise show them).
+        assert "\u2501" not in content, f"{name} shows a progress bar"
+
+
+def test_the_workflow_builds_the_book_once_and_publishes_that_build() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    steps = workflow["jobs"]["build"]["steps"]
+    commands = [step.get("run", "") for step in steps]
+    assert commands.count("make test") == 1, commands
+    assert not any("make book" in command or "jupyter-book" in command for command in commands), commands
+    test_step = next(step for step in steps if step.get("run") == "make test")
+    output = test_step["env"]["UNDERSTANDING_NN_BOOK_OUTPUT"]
+    upload = next(step for step in steps if "upload-pages-artifact" in step.get("uses", ""))
+    assert upload["with"]["path"] == f"{output}/_build/html"
+    assert steps.index(upload) > steps.index(test_step)
 
 
 def test_every_chapter_and_section_has_a_stable_label() -> None:
