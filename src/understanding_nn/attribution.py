@@ -23,9 +23,9 @@ registered under its name with :func:`register`; :func:`explain` dispatches to i
 from __future__ import annotations
 
 import inspect
-import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+import pathlib
 from typing import Any, Union
 
 import keras
@@ -97,7 +97,7 @@ def explain(
     method: str,
     target: Target = None,
     *,
-    out: str | os.PathLike | None = None,
+    out: str | pathlib.Path | None = None,
     progress: bool | None = None,
     strategy: tf.distribute.Strategy | None = None,
     **params: Any,

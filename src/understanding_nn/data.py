@@ -146,8 +146,8 @@ def minibatches(n: int, batch_size: int, epochs: int, *, seed: int, whole_batche
 
     Examples
     --------
-    >>> [list(b) for b in minibatches(4, 3, 1, seed=0)]
-    [[2, 3, 1], [0]]
+    >>> [b.tolist() for b in minibatches(4, 3, 2, seed=0)]
+    [[2, 0, 1], [3], [3, 2, 1], [0]]
     """
     order = np.random.default_rng(seed)
     stop = n - batch_size + 1 if whole_batches else n

@@ -28,6 +28,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+import pathlib
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import tensorflow as tf
 __all__ = [
     "BatchError",
     "NpyWriter",
+    "ProgressBar",
     "distributed",
     "is_stream",
     "progress_bar",
@@ -148,7 +150,7 @@ class NpyWriter:
     # Room for the header of any shape the writer produces (NumPy pads headers to 64 bytes).
     _HEADER_BYTES = 256
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | pathlib.Path) -> None:
         self.path = Path(path)
         if self.path.suffix != ".npy":
             raise ValueError(f"out must be a path ending in .npy, got {str(path)!r}")
@@ -236,9 +238,9 @@ def progress_setting(progress: bool | None) -> Iterator[None]:
         _setting.reset(token)
 
 
-class _Bar:
-    """Counts units of work and shows a ``keras.utils.Progbar`` once the work has lasted
-    :data:`_DELAY_SECONDS` (or counts silently when ``shown`` is false)."""
+class ProgressBar:
+    """Counts units of work and shows a ``keras.utils.Progbar`` of them once the work has lasted
+    a second (or counts silently when ``shown`` is false); made by :func:`progress_bar`."""
 
     def __init__(self, total: int | None, unit: str, shown: bool) -> None:
         self.total, self.unit, self.shown = total, unit, shown
@@ -247,6 +249,7 @@ class _Bar:
         self._bar: keras.utils.Progbar | None = None
 
     def update(self, units: int = 1) -> None:
+        """Count ``units`` more units of work done."""
         self.done += int(units)
         if not self.shown:
             return
@@ -256,12 +259,13 @@ class _Bar:
             self._bar.update(self.done, finalize=self.total is not None and self.done >= self.total)
 
     def finish(self) -> None:
+        """Close the bar of work whose total was not known."""
         if self._bar is not None and self._bar.target is None:
             self._bar.update(self.done, finalize=True)
 
 
 @contextlib.contextmanager
-def progress_bar(total: int | None, unit: str = "sample") -> Iterator[_Bar]:
+def progress_bar(total: int | None, unit: str = "sample") -> Iterator[ProgressBar]:
     """A progress bar for ``total`` units of work (``None`` if unknown), advanced by ``update(n)``.
 
     Only the outermost bar of nested work is shown (SmoothGrad's bar counts noisy copies, and the
@@ -269,10 +273,10 @@ def progress_bar(total: int | None, unit: str = "sample") -> Iterator[_Bar]:
     that, :func:`watching` says so, and only once the work has lasted a second.
     """
     if _bar_open.get():
-        yield _Bar(total, unit, shown=False)
+        yield ProgressBar(total, unit, shown=False)
         return
     setting = _setting.get()
-    bar = _Bar(total, unit, shown=watching() if setting is None else setting)
+    bar = ProgressBar(total, unit, shown=watching() if setting is None else setting)
     token = _bar_open.set(True)
     try:
         yield bar
