@@ -9,7 +9,12 @@ named, and the batches before it are kept on disk.
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -299,6 +304,40 @@ def test_a_model_built_under_the_strategy_explains_like_its_single_device_twin(d
         assert isinstance(mirrored.layers[1].kernel.value, tf.distribute.DistributedValues)  # one copy per device
         result = unn.explain(mirrored, x, "lrp.epsilon", y, batch_size=16)
     assert_same(result, unn.explain(single, x, "lrp.epsilon", y))
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_under_a_multi_worker_strategy_explain_like_one_process(tmp_path):
+    """Two processes on this machine, one replica each, joined by TF_CONFIG as two machines would be."""
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    outputs = [tmp_path / f"worker{i}.json" for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("multi_worker.py")),
+             json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}), str(outputs[i])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, log in zip(processes, logs):
+        assert process.returncode == 0, log[-3000:]
+    for output in outputs:
+        result = json.loads(output.read_text())
+        assert result["replicas"] == 2
+        assert result["shares"] == [0, 0, 0, 1, 1], "each worker should explain its share of the batch"
+        for method, difference in result["differences"].items():
+            assert difference < 1e-5, f"{method}: the two workers' result differs from one process's by {difference:.2g}"
 
 
 # --------------------------------------------------------------------------------------------
