@@ -412,3 +412,36 @@ def test_minibatches_are_the_seeded_shuffles_of_every_epoch():
         np.testing.assert_array_equal(a, b)
     whole = list(unn.data.minibatches(10, 4, 2, seed=3, whole_batches=True))
     assert [len(b) for b in whole] == [4, 4, 4, 4]
+
+
+# --------------------------------------------------------------------------------------------
+# Part V's pixel flipping on a stream
+# --------------------------------------------------------------------------------------------
+
+
+def test_pixel_flipping_of_a_stream_equals_pixel_flipping_of_the_array(conv_model, data, tmp_path):
+    x, y = data
+    relevance = unn.explain(conv_model, x, "gradient", y, out=tmp_path / "R.npy")
+    settings = {"patch_size": 7, "fill": "mean"}
+    expected = unn.metrics.pixel_flipping(conv_model, x, np.asarray(relevance), y, **settings)
+    stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    assert_same(unn.metrics.pixel_flipping(conv_model, stream, relevance, **settings), expected)
+    in_step = unn.explain_batches(conv_model, stream, "gradient")
+    assert_same(unn.metrics.pixel_flipping(conv_model, stream, in_step, **settings), expected)
+    # Random orders are drawn per batch: valid curves of the same shape, not the array's draws.
+    random = unn.metrics.pixel_flipping(conv_model, stream, relevance, order="random", **settings)
+    assert random.shape == expected.shape
+    np.testing.assert_allclose(random[:, 0], expected[:, 0], rtol=1e-5)  # the intact inputs
+    np.testing.assert_allclose(random[:, -1], expected[:, -1], rtol=1e-5, atol=1e-6)  # everything removed
+
+
+def test_pixel_flipping_of_a_stream_names_the_batch_whose_relevance_is_missing(conv_model, data):
+    x, y = data
+    stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    full = unn.explain(conv_model, x, "gradient", y)
+    short = full[:40]
+    with pytest.raises(BatchError, match=r"batch 3 of 4 of the stream \(inputs from 32 on\).*relevance"):
+        unn.metrics.pixel_flipping(conv_model, stream, short, patch_size=7)
+    with pytest.raises(BatchError, match=r"batch 4 of 4 .*relevance ended"):
+        three_batches = (full[i : i + 16] for i in range(0, 48, 16))
+        unn.metrics.pixel_flipping(conv_model, stream, three_batches, patch_size=7)

@@ -33,12 +33,23 @@ import numpy as np
 import tensorflow as tf
 
 from .propagation import UnsupportedModelError, symbolic_io, trace
-from .streaming import BatchError, NpyWriter, distributed, is_stream, progress_bar, progress_setting, read_batches, stream_length
+from .streaming import (
+    BatchError,
+    NpyWriter,
+    checked_batches,
+    distributed,
+    is_stream,
+    progress_bar,
+    progress_setting,
+    stream_length,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "Target",
+    "batch_checker",
     "batch_signature",
+    "check_stream_target",
     "class_indices",
     "class_scores",
     "compile_batch_function",
@@ -216,36 +227,41 @@ def explain_batches(
     validate_model(model)
     batch_size = params.get("batch_size", DEFAULT_BATCH_SIZE)
     if is_stream(data):
-        if target is not None and (isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer))):
-            raise TypeError(
-                "with a stream of batches, target must be an int or None; per-sample targets come in "
-                "the stream, as batches (x, y)"
-            )
-        batches, total = read_batches(data), stream_length(data)
+        check_stream_target(target)
     else:
-        batches = _array_batches(model, data, target, batch_size)
-        total, target = len(batches), None  # the targets travel with their rows
-    with progress_setting(progress), progress_bar(total, unit="batch") as bar:
-        start = 0
-        for number, (xb, yb) in enumerate(batches, start=1):
-            position = f"batch {number}{f' of {total}' if total else ''} of the stream"
-            try:
-                if np.ndim(xb) == len(model.inputs[0].shape) - 1:
-                    raise ValueError(
-                        f"it is a single sample of shape {np.shape(xb)}, not a batch: batch the stream "
-                        "(for a tf.data.Dataset, dataset.batch(256))"
-                    )
-                xb = validate_input(model, xb)
-                batch_target = target if target is not None else yb
-                if batch_target is not None:
-                    batch_target = class_indices(batch_target, len(xb), n_classes(model))
-            except (TypeError, ValueError) as error:
-                raise BatchError(f"{position} (inputs from {start} on): {error}") from error
+        data = _array_batches(model, data, target, batch_size)
+        target = None  # the targets travel with their rows
+    with progress_setting(progress), progress_bar(stream_length(data), unit="batch") as bar:
+        for _, _, xb, batch_target in checked_batches(data, batch_checker(model, target)):
             yield function(model, xb, batch_target, **params)
-            start += len(xb)
             bar.update()
-        if start == 0:
-            raise BatchError("the stream yielded no batches")
+
+
+def check_stream_target(target: Target) -> None:
+    """Refuse a ``target`` that a stream of batches cannot take: anything but an int or ``None``."""
+    if target is not None and (isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer))):
+        raise TypeError(
+            "with a stream of batches, target must be an int or None; per-sample targets come in "
+            "the stream, as batches (x, y)"
+        )
+
+
+def batch_checker(model: keras.Model, target: Target) -> Callable[[Any, Any], tuple[np.ndarray, np.ndarray | None]]:
+    """The check of one batch ``(x, y)`` of a stream for ``model``: ``x`` validated, and its
+    targets, ``target`` (an int) if given, else ``y`` (``None`` when the batch has none),
+    resolved to class indices (see :func:`understanding_nn.streaming.checked_batches`)."""
+
+    def check(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        if np.ndim(x) == len(model.inputs[0].shape) - 1:
+            raise ValueError(
+                f"it is a single sample of shape {np.shape(x)}, not a batch: batch the stream "
+                "(for a tf.data.Dataset, dataset.batch(256))"
+            )
+        x = validate_input(model, x)
+        batch_target = target if target is not None else y
+        return x, None if batch_target is None else class_indices(batch_target, len(x), n_classes(model))
+
+    return check
 
 
 def _array_batches(model: keras.Model, x: Any, target: Target, batch_size: Any) -> list[tuple[np.ndarray, Any]]:

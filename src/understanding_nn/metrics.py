@@ -39,6 +39,8 @@ import tensorflow as tf
 from .attribution import (
     Target,
     UnsupportedModelError,
+    batch_checker,
+    check_stream_target,
     compile_function,
     explain,
     gaussian_blur,
@@ -49,7 +51,7 @@ from .attribution import (
     validate_input,
     validate_model,
 )
-from .streaming import progress_bar, progress_setting
+from .streaming import BatchError, checked_batches, is_stream, progress_bar, progress_setting, stream_length
 
 __all__ = [
     "FILLS",
@@ -295,7 +297,7 @@ def _check_relevance(relevance: Any, x: np.ndarray) -> np.ndarray:
 
 
 def removal_order(
-    patch_relevance: np.ndarray, order: str = "morf", *, seed: int = 0
+    patch_relevance: np.ndarray, order: str = "morf", *, seed: int | Sequence[int] = 0
 ) -> np.ndarray:
     """The order in which :func:`pixel_flipping` removes the patches of each sample.
 
@@ -467,7 +469,7 @@ def pixel_flipping(
     fill: Any = "zero",
     order: str = "morf",
     steps: int | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     value_range: tuple[float, float] = (0.0, 1.0),
     blur_sigma: float = 2.0,
     batch_size: int = _FLIP_INPUTS_PER_PASS,
@@ -497,13 +499,16 @@ def pixel_flipping(
     x
         The inputs ``(N, ...)``: images ``(N, H, W, C)`` are tiled in squares, signals
         ``(N, L, C)`` and flat features ``(N, D)`` in segments (the last axis holds the channels,
-        except for flat features).
+        except for flat features). Or a stream of batches, ``x`` or ``(x, y)``, as
+        :func:`understanding_nn.explain` takes them; each batch is flipped in turn, and random
+        orders and fills are then drawn per batch (so they differ from those of one array).
     relevance
         One explanation per input, shaped like ``x``, finite (for example from
-        :func:`understanding_nn.explain`).
+        :func:`understanding_nn.explain`); for a stream of inputs, an array or memory map of
+        them all (such as ``explain(..., out=...)`` returns) or a stream of batches in step.
     target
         The class whose logit is followed: an int, one per sample, or ``None`` for the class
-        the model predicts for the intact input.
+        the model predicts for the intact input (for a stream of pairs ``(x, y)``, ``y``).
     patch_size
         Side of a patch in positions (1 flips single pixels); it must divide every spatial side.
     fill
@@ -520,9 +525,9 @@ def pixel_flipping(
         :math:`K`, the number of patches removed, at most the number of patches :math:`P`;
         ``None`` removes every patch.
     seed
-        Seed of the random order and of the uniform fill. Random draws are made for the whole
-        of ``x`` at once, so they depend on a sample's position in ``x``, never on
-        ``batch_size``.
+        Seed of the random order and of the uniform fill (an int, or a sequence of ints as
+        ``numpy.random.default_rng`` takes). Random draws are made for the whole of ``x`` at
+        once, so they depend on a sample's position in ``x``, never on ``batch_size``.
     value_range
         ``(low, high)`` of the uniform fill; the book's inputs lie in [0, 1].
     blur_sigma
@@ -547,6 +552,11 @@ def pixel_flipping(
     >>> unn.metrics.abpc(morf, lerf).mean()                                # doctest: +SKIP
     """
     validate_model(model)
+    if is_stream(x):
+        check_stream_target(target)
+        settings = dict(patch_size=patch_size, fill=fill, order=order, steps=steps, value_range=value_range,
+                        blur_sigma=blur_sigma, batch_size=batch_size)
+        return _pixel_flipping_stream(model, x, relevance, target, seed, progress, settings)
     x = validate_input(model, x)
     relevance = _check_relevance(relevance, x)
     if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -594,6 +604,30 @@ def pixel_flipping(
             curves[rows] = scores[np.arange(len(chunk_targets)), chunk_targets].reshape(-1, len(ks))
             bar.update(len(chunk_targets) // len(ks))
     return curves
+
+
+def _pixel_flipping_stream(
+    model: keras.Model, data: Any, relevance: Any, target: Target, seed: int, progress: bool | None, settings: dict
+) -> np.ndarray:
+    """:func:`pixel_flipping` of a stream: batch by batch, each with its rows of ``relevance``
+    (an array or memory map, or a stream of batches in step with ``data``)."""
+    relevance_batches = iter(relevance) if is_stream(relevance) else None
+    curves = []
+    with progress_setting(progress), progress_bar(stream_length(data), unit="batch") as bar:
+        for number, (position, start, xb, tb) in enumerate(checked_batches(data, batch_checker(model, target)), start=1):
+            if relevance_batches is not None:
+                rb = next(relevance_batches, None)
+                if rb is None:
+                    raise BatchError(f"{position}: the stream of relevance ended before the stream of inputs")
+            else:
+                rb = relevance[start : start + len(xb)]
+            try:
+                # Random orders and fills are drawn per batch, from (seed, batch number).
+                curves.append(pixel_flipping(model, xb, np.asarray(rb), tb, seed=(seed, number), progress=False, **settings))
+            except ValueError as error:
+                raise BatchError(f"{position}: {error}") from error
+            bar.update()
+    return np.concatenate(curves, axis=0)
 
 
 def _curves(curves: Any, what: str = "curves") -> np.ndarray:

@@ -39,6 +39,7 @@ import tensorflow as tf
 __all__ = [
     "BatchError",
     "NpyWriter",
+    "checked_batches",
     "ProgressBar",
     "distributed",
     "is_stream",
@@ -121,6 +122,31 @@ def read_batches(data: Any) -> Iterator[tuple[Any, Any]]:
             yield _as_array(element[0]), _as_array(element[1])
         else:
             yield _as_array(element), None
+
+
+def checked_batches(
+    data: Any, check: Callable[[Any, Any], tuple[np.ndarray, Any]]
+) -> Iterator[tuple[str, int, np.ndarray, Any]]:
+    """The batches ``(x, y)`` of the stream ``data``, each passed through ``check(x, y)``, as
+    ``(position, start, x, y)``: ``position`` names the batch for error messages
+    (``"batch 7 of 10 of the stream (inputs from 1536 on)"``), ``start`` is the index of its
+    first input in the whole stream.
+
+    A ``TypeError`` or ``ValueError`` raised by ``check`` becomes a :class:`BatchError` that
+    names the batch; an empty stream is refused.
+    """
+    total = stream_length(data)
+    start = 0
+    for number, (x, y) in enumerate(read_batches(data), start=1):
+        position = f"batch {number}{f' of {total}' if total else ''} of the stream (inputs from {start} on)"
+        try:
+            x, y = check(x, y)
+        except (TypeError, ValueError) as error:
+            raise BatchError(f"{position}: {error}") from error
+        yield position, start, x, y
+        start += len(x)
+    if start == 0:
+        raise BatchError("the stream yielded no batches")
 
 
 class NpyWriter:
