@@ -280,6 +280,13 @@ def test_the_distributed_result_equals_the_single_device_result_in_order(conv_mo
         assert_same(unn.explain(conv_model, stream, method, **params), expected[:21])
 
 
+def test_a_distributed_data_set_is_refused_with_what_to_pass_instead(conv_model, data, strategy):
+    x, _ = data
+    distributed_data = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(10))
+    with strategy.scope(), pytest.raises(TypeError, match="pass the tf.data.Dataset itself"):
+        unn.explain(conv_model, distributed_data, "gradient")
+
+
 def test_each_replica_explains_its_share_of_every_batch(strategy):
     """A batch function that answers with the replica's number shows who computed which rows."""
 

@@ -743,10 +743,12 @@ def explain_sliding(
             coverage[r : r + height, c : c + width] += 1
     places = [(n, r, c) for n in range(n_canvases) for r in rows for c in cols]
     total = np.zeros(canvas.shape, dtype=np.float64)
-    for start in range(0, len(places), _SLIDING_CHUNK):
-        chunk = places[start : start + _SLIDING_CHUNK]
-        windows = np.stack([canvas[n, r : r + height, c : c + width] for n, r, c in chunk])
-        relevance = explain(model, windows, method, targets[[n for n, _, _ in chunk]], **params)
-        for (n, r, c), window_relevance in zip(chunk, relevance):
-            total[n, r : r + height, c : c + width] += window_relevance
+    with progress_bar(len(places), unit="window") as bar:
+        for start in range(0, len(places), _SLIDING_CHUNK):
+            chunk = places[start : start + _SLIDING_CHUNK]
+            windows = np.stack([canvas[n, r : r + height, c : c + width] for n, r, c in chunk])
+            relevance = explain(model, windows, method, targets[[n for n, _, _ in chunk]], **params)
+            for (n, r, c), window_relevance in zip(chunk, relevance):
+                total[n, r : r + height, c : c + width] += window_relevance
+            bar.update(len(chunk))
     return (total / coverage[None, :, :, None]).astype(np.float32)

@@ -99,6 +99,11 @@ def read_batches(data: Any) -> Iterator[tuple[Any, Any]]:
     Raises :class:`BatchError` for an element that is neither ``x`` nor ``(x, y)`` (a dict, or a
     tuple with sample weights, say), naming the batch.
     """
+    if isinstance(data, tf.distribute.DistributedDataset):
+        raise TypeError(
+            "data is a distributed data set; pass the tf.data.Dataset itself: under a strategy, "
+            "explain shares every batch among the replicas"
+        )
     if isinstance(data, tf.data.Dataset):
         elements: Iterable[Any] = data.as_numpy_iterator()
     elif isinstance(data, keras.utils.PyDataset):
