@@ -18,6 +18,9 @@ a positively weighted sum of the gradients (Grad-CAM++). The map has the layer's
 :math:`h \\times w`; it is then resized bilinearly to the input's, so that it can be compared
 with every other attribution method and drawn over the input.
 
+The maps, their gradients and the weights are computed in float32, for a mixed-precision model
+too (see :mod:`understanding_nn.propagation`).
+
 All three are registered for :func:`understanding_nn.explain` (``"cam"``, ``"grad_cam"`` and
 ``"grad_cam_plus_plus"``) with the parameters ``layer``, ``upsample`` and ``relu``.
 :func:`channel_weights` returns the weights :math:`w^c_k` themselves, :func:`feature_maps` the
@@ -36,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .propagation import Graph, Node, trace
+from .propagation import Graph, Node, _float32, trace
 from .attribution import (
     DEFAULT_BATCH_SIZE,
     Target,
@@ -276,7 +279,7 @@ def _batch_function(model: keras.Model, method: str, layer: str | None, *, upsam
         def batch(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
             if method == "cam":
                 maps = _channels_last(maps_and_logits(x)[0], features)
-                weights = tf.gather(tf.transpose(dense.kernel), target)
+                weights = tf.gather(tf.transpose(_float32(dense.kernel)), target)
             else:
                 maps, grads = _target_gradient(graph, maps_and_logits, features, x, target)
                 if method == "grad_cam":

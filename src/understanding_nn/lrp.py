@@ -33,6 +33,9 @@ Rules are small objects (:class:`Epsilon`, :class:`Gamma`, :class:`AlphaBeta`, :
 ``Multiply``, ``Maximum``, a softmax inside the network and layers the package does not know are
 refused, naming the layer, unless the composite gives them a rule by name.
 
+Every rule computes in float32, for a mixed-precision model too: the sums they divide by would
+be rounded, or flushed to zero, in half precision (see :mod:`understanding_nn.propagation`).
+
 The registered methods (``lrp.z``, ``lrp.epsilon``, ``lrp.gamma``, ``lrp.alpha_beta``,
 ``lrp.zplus``, ``lrp.w_square``, ``lrp.flat``, ``deep_taylor``, ``lrp.composite``) are presets;
 :func:`lrp` takes any composite and :func:`layer_relevances` returns every layer's relevance.

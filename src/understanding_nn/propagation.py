@@ -33,14 +33,33 @@ error naming the layer, its type and the method: never a silent wrong answer.
 
 In the backward pass a tensor read by several layers (a branch point) receives the sum of the
 signals that come back from each of them.
+
+**Precision.** Every step computes in float32, whatever the model's dtype policy. A model built
+under ``keras.mixed_precision.set_global_policy("mixed_float16")`` (or ``"mixed_bfloat16"``)
+computes its own forward pass in half precision from float32 variables; its graph here reads
+those float32 variables, and runs each Keras layer it calls under a float32 policy for the
+duration of the call (while a compiled function is traced; the layer's policy is restored
+afterwards). Weights stored in half precision (a ``"float16"`` policy) are cast up. Half
+precision would silently change explanations: float16 keeps about 3 significant digits and
+bfloat16 about 2, the relevance rules divide by sums of contributions that can be small, and
+float16 rounds signals below about :math:`6 \\cdot 10^{-5}` coarsely and flushes those below
+:math:`6 \\cdot 10^{-8}` to zero. So every method explains a mixed-precision model as it explains
+its float32 twin with the same weights, at the same cost (the compiled graph is the same), and
+returns float32. Nothing assumes a device: the same compiled functions run on a CPU or a GPU.
+One difference is TensorFlow's, not the package's: on GPUs with TensorFloat-32 (NVIDIA Ampere and
+later) TensorFlow computes float32 matrix products and convolutions with 10-bit mantissas by
+default, which rounds their inputs to float16's precision (about three significant digits);
+``tf.config.experimental.enable_tensor_float_32_execution(False)`` restores full float32 (a
+process-wide setting, so the package leaves it to you).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -144,6 +163,54 @@ def activation_name(function: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Precision: every step in float32
+# --------------------------------------------------------------------------------------------
+
+_FLOAT32_POLICY = keras.DTypePolicy("float32")
+
+
+def _float32(value: Any) -> tf.Tensor:
+    """``value`` (a tensor, a variable, an array or numbers) as a float32 tensor; a cast only
+    where it has another dtype, so a float32 graph is unchanged."""
+    tensor = tf.convert_to_tensor(value)
+    return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)
+
+
+@contextlib.contextmanager
+def _computing_in_float32(layer: Any) -> Iterator[None]:
+    """Run the block with ``layer`` and every layer inside it under a float32 dtype policy.
+
+    A Keras layer whose policy computes in another floating dtype (``mixed_float16``,
+    ``mixed_bfloat16``, ``float16``, ...) casts its inputs to it and reads its variables cast
+    to it; with the float32 policy it computes in float32 from its (float32) variables. The
+    policies are restored when the block ends; in a compiled function the block runs while the
+    function is traced, and the graph keeps no trace of the swap. Quantized layers and layers
+    that compute in an integer dtype (lookups, say) keep their own.
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        yield  # a keras.ops operation computes in the dtype of its inputs
+        return
+    swapped = []
+    for inner in layer._flatten_layers(include_self=True, recursive=True):
+        compute = inner.compute_dtype
+        if inner.quantization_mode is None and compute != "float32" and keras.backend.is_float_dtype(compute):
+            swapped.append((inner, inner._dtype_policy))
+    try:
+        for inner, _ in swapped:
+            inner._dtype_policy = _FLOAT32_POLICY
+        yield
+    finally:
+        for inner, policy in reversed(swapped):
+            inner._dtype_policy = policy
+
+
+def _call_in_float32(layer: Any, *args: Any, **kwargs: Any) -> tf.Tensor:
+    """``layer(*args, **kwargs)`` computed in float32 (see :func:`_computing_in_float32`)."""
+    with _computing_in_float32(layer):
+        return _float32(layer(*args, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------
 # Steps of the graph
 # --------------------------------------------------------------------------------------------
 
@@ -151,8 +218,8 @@ def activation_name(function: Any) -> str | None:
 def _inputs(inputs: Any) -> list[tf.Tensor]:
     """A step's inputs as a list of float32 tensors (a single tensor is one input)."""
     if isinstance(inputs, (list, tuple)):
-        return [tf.convert_to_tensor(a, tf.float32) for a in inputs]
-    return [tf.convert_to_tensor(inputs, tf.float32)]
+        return [_float32(a) for a in inputs]
+    return [_float32(inputs)]
 
 
 def _vjp(forward: Callable[[list[tf.Tensor]], tf.Tensor], inputs: list[tf.Tensor], signal: tf.Tensor) -> list[tf.Tensor]:
@@ -202,7 +269,8 @@ class Op:
 
 
 class CallOp(Op):
-    """A step computed by calling the Keras layer (or operation) itself, in inference mode."""
+    """A step computed by calling the Keras layer (or operation) itself, in inference mode and
+    in float32 whatever the layer's dtype policy (see the module's docstring)."""
 
     def __init__(self, layer: Any, name: str, kind: str, arguments: Any) -> None:
         super().__init__(layer, name)
@@ -215,7 +283,7 @@ class CallOp(Op):
         args, kwargs = self._arguments.fill_in({id(t): a for t, a in zip(self._tensors, inputs)})
         if self._training:
             kwargs = {**kwargs, "training": False}
-        return self.layer(*args, **kwargs)
+        return _call_in_float32(self.layer, *args, **kwargs)
 
 
 class ActivationOp(Op):
@@ -229,7 +297,7 @@ class ActivationOp(Op):
         self._function = function
 
     def forward(self, inputs: list[tf.Tensor]) -> tf.Tensor:
-        return self._function(inputs[0])
+        return _float32(self._function(inputs[0]))
 
     def derivative(self, z: tf.Tensor) -> tf.Tensor:
         """:math:`f'(z)`, element by element."""
@@ -287,7 +355,7 @@ class LinearOp(Op):
     def transpose(self, inputs: Any, kernel: tf.Tensor, s: tf.Tensor) -> list[tf.Tensor] | tf.Tensor:
         """:math:`c_j = \\sum_k w_{jk} s_k` for every input: the transpose of :meth:`affine`
         (a list for a list of inputs, a tensor for a single tensor)."""
-        result = _vjp(lambda a: self.affine(a, kernel), _inputs(inputs), tf.convert_to_tensor(s, tf.float32))
+        result = _vjp(lambda a: self.affine(a, kernel), _inputs(inputs), _float32(s))
         return result if isinstance(inputs, (list, tuple)) else result[0]
 
     def forward(self, inputs: Any) -> tf.Tensor:
@@ -298,7 +366,8 @@ class WeightedOp(LinearOp):
     """A Dense or convolution layer without its activation, with any batch normalization that
     follows it folded in: kernel :math:`w s` and bias :math:`(b - \\mu) s + \\beta`, where
     :math:`s = \\gamma / \\sqrt{\\sigma^2 + \\epsilon}`. Kernel and bias are read from the layers'
-    variables at every access, so a compiled propagation always uses the current weights."""
+    variables at every access, so a compiled propagation always uses the current weights, and in
+    float32 (the variables of a mixed-precision model are float32; half-precision ones are cast)."""
 
     def __init__(self, layer: keras.layers.Layer, name: str) -> None:
         super().__init__(layer, name)
@@ -313,17 +382,17 @@ class WeightedOp(LinearOp):
     def _raw_kernel(self) -> tf.Tensor:
         layer = self.layer
         if isinstance(layer, keras.layers.SeparableConv1D | keras.layers.SeparableConv2D):
-            depthwise = tf.convert_to_tensor(layer.depthwise_kernel)
-            pointwise = tf.convert_to_tensor(layer.pointwise_kernel)
+            depthwise = _float32(layer.depthwise_kernel)
+            pointwise = _float32(layer.pointwise_kernel)
             channels, multiplier = depthwise.shape[-2], depthwise.shape[-1]
             pointwise = tf.reshape(pointwise, (channels, multiplier, pointwise.shape[-1]))
             return tf.einsum("...cm,cmo->...co", depthwise, pointwise)
-        return tf.convert_to_tensor(layer.kernel)
+        return _float32(layer.kernel)
 
     def _norm_scale(self) -> tf.Tensor:
         norm = self.norm
-        scale = tf.math.rsqrt(tf.convert_to_tensor(norm.moving_variance) + norm.epsilon)
-        return scale * norm.gamma if norm.scale else scale
+        scale = tf.math.rsqrt(_float32(norm.moving_variance) + norm.epsilon)
+        return scale * _float32(norm.gamma) if norm.scale else scale
 
     def _scale_outputs(self, kernel: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
         """The kernel with every output channel multiplied by ``scale``."""
@@ -340,14 +409,15 @@ class WeightedOp(LinearOp):
 
     @property
     def bias(self) -> tf.Tensor | None:
-        bias = tf.convert_to_tensor(self.layer.bias) if self.layer.use_bias else None
+        bias = _float32(self.layer.bias) if self.layer.use_bias else None
         if self.norm is None:
             return bias
         norm = self.norm
+        mean = _float32(norm.moving_mean)
         if bias is None:
-            bias = tf.zeros_like(tf.convert_to_tensor(norm.moving_mean))
-        bias = (bias - norm.moving_mean) * self._norm_scale()
-        return bias + norm.beta if norm.center else bias
+            bias = tf.zeros_like(mean)
+        bias = (bias - mean) * self._norm_scale()
+        return bias + _float32(norm.beta) if norm.center else bias
 
     def affine(self, inputs: Any, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
         (a,) = _inputs(inputs)
@@ -430,7 +500,7 @@ class LayerNormOp(CallOp):
         else:
             spread = tf.math.reduce_variance(a, axis=axes, keepdims=True)
         scale = tf.math.rsqrt(spread + layer.epsilon)
-        return scale * layer.gamma if layer.scale else scale * tf.ones_like(a)
+        return scale * _float32(layer.gamma) if layer.scale else scale * tf.ones_like(a)
 
 
 def _plain_relu(op: ActivationOp) -> bool:
@@ -501,9 +571,9 @@ def _call(layer: Any, name: str, kind: str, node: Any) -> CallOp:
 def _activation_step(layer: Any, name: str, node: Any) -> Op:
     """The step of an activation layer: ReLU, LeakyReLU, PReLU, ELU, Activation or Softmax."""
     if type(layer) in _RELU_LAYERS:
-        return ActivationOp(layer, name, "relu", lambda z: layer(z))
+        return ActivationOp(layer, name, "relu", lambda z: _call_in_float32(layer, z))
     if type(layer) is L.ELU:
-        return ActivationOp(layer, name, "elu", lambda z: layer(z))
+        return ActivationOp(layer, name, "elu", lambda z: _call_in_float32(layer, z))
     if type(layer) is L.Softmax:
         if layer.axis not in (-1, [-1], (-1,)):
             return _call(layer, name, "other", node)
