@@ -538,16 +538,19 @@ def _check_box(model: keras.Model, x: Any, composite: Composite) -> None:
     graph = trace(model)
     for box, value in boxes:
         if value == 0:
-            seen, where = x, "x"
+            low, high, where = float(x.min()), float(x.max()), "x"
         else:
             name = next(node.op.name for node in graph.nodes if node.output == value)
-            reach = compiled(
-                model, f"value:{value}",
-                lambda: compile_batch_function(model, lambda xb: graph.run(xb, until=value)[value], target=False),
-            )
-            seen = np.concatenate([reach(tf.constant(x[i : i + DEFAULT_BATCH_SIZE])).numpy() for i in range(0, len(x), DEFAULT_BATCH_SIZE)])
+
+            def value_range(xb: tf.Tensor, value: int = value) -> tf.Tensor:
+                # Reduced where it is computed (on a GPU, say): only two numbers per batch are copied.
+                seen = graph.run(xb, until=value)[value]
+                return tf.stack([tf.reduce_min(seen), tf.reduce_max(seen)])
+
+            reach = compiled(model, f"value-range:{value}", lambda: compile_batch_function(model, value_range, target=False))
+            ranges = np.array([reach(tf.constant(x[i : i + DEFAULT_BATCH_SIZE])).numpy() for i in range(0, len(x), DEFAULT_BATCH_SIZE)])
+            low, high = float(ranges[:, 0].min()), float(ranges[:, 1].max())
             where = f"the output of layer {name!r}, which the z^B layer reads,"
-        low, high = float(seen.min()), float(seen.max())
         if low < box.low - 1e-6 or high > box.high + 1e-6:
             raise ValueError(
                 f"the z^B rule assumes inputs in [{box.low:g}, {box.high:g}], but {where} lies in [{low:g}, {high:g}]; "
