@@ -19,7 +19,7 @@ export UNDERSTANDING_NN_PROGRESS := off
 CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser || command -v google-chrome || echo /usr/bin/chromium)
 export CHROMIUM
 
-.PHONY: book test notebooks clean
+.PHONY: book test bench notebooks clean
 
 $(INSTALLED): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,15 @@ test: $(INSTALLED) $(CHROMIUM)
 	@start=$$(date +%s); \
 	$(BIN)/python -m pytest; status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s (exit $$status)"; \
+	exit $$status
+
+# The benchmark suite (benchmarks/, not part of the tests): prints one table and writes it to
+# benchmarks/results.csv; the README's table is generated from it (python -m benchmarks --readme).
+# BENCH_FLAGS passes options to the suite: `make bench BENCH_FLAGS=--quick` checks that it works.
+bench: $(INSTALLED)
+	@start=$$(date +%s); \
+	$(BIN)/python -m benchmarks $(BENCH_FLAGS); status=$$?; \
+	echo "make bench: $$(( $$(date +%s) - start )) s (exit $$status)"; \
 	exit $$status
 
 # Regenerate the chapters' notebooks for Colab and Binder (tests/test_notebooks.py checks them).
