@@ -31,10 +31,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import understanding_nn as unn  # noqa: E402
-from benchmarks.table import NOT_APPLICABLE, Row, join_remarks, usable_cores  # noqa: E402
+from benchmarks.table import NOT_APPLICABLE, Row, join_remarks, plural, usable_cores  # noqa: E402
 
 SECTION = "ratios"
 MODELS = ("cnn", "resnet")
+# A run of these is already dozens of passes (their steps and samples): fewer runs give as
+# steady a median, and they would otherwise take most of the section's time.
+MANY_PASSES = ("integrated_gradients", "smoothgrad")
 
 
 def method_ratios(
@@ -43,6 +46,7 @@ def method_ratios(
     *,
     repeats: int,
     methods: Sequence[str] | None = None,
+    repeats_of: Mapping[str, int] | None = None,
     threads: int | None = None,
 ) -> list[Row]:
     """Time every method against one gradient on each model.
@@ -57,6 +61,8 @@ def method_ratios(
         Timed runs of each method and of the gradient (after one warm-up call of each).
     methods
         The methods to time; ``None`` for every one of :func:`understanding_nn.methods`.
+    repeats_of
+        Other numbers of runs for some methods, by name (noted in their rows).
     threads
         The intra-op thread count to record; ``None`` for TensorFlow's default, one per core.
 
@@ -66,6 +72,9 @@ def method_ratios(
         Per model: the absolute time of one gradient (ms; the unit of the others), then one
         ratio per method, ``None`` with the reason for a method that does not apply.
     """
+    unknown = sorted(set(repeats_of or {}) - set(unn.methods()))
+    if unknown:
+        raise ValueError(f"repeats_of names no method of unn.methods(): {', '.join(unknown)}")
     threads = usable_cores() if threads is None else threads
     batch = f"batch of {len(x):,}"
     rows = []
@@ -75,24 +84,29 @@ def method_ratios(
         rows.append(Row(SECTION, name, "one gradient (forward + backward)", threads, gradient * 1000, "ms",
                         join_remarks(batch, "absolute: depends on the machine, the unit of the ratios")))
         for method in methods if methods is not None else unn.methods():
+            runs = (repeats_of or {}).get(method, repeats)
+            fewer = f"{plural(runs, 'run')} of it and of the gradient, the others {repeats}" if runs != repeats else ""
             try:
-                ratio = unn.metrics.relative_cost(model, x, method, target, repeats=repeats)
+                ratio = unn.metrics.relative_cost(model, x, method, target, repeats=runs)
             except unn.UnsupportedModelError as error:
                 reason = join_remarks(batch, f"{NOT_APPLICABLE}: {error}")
                 rows.append(Row(SECTION, name, method, threads, None, "× gradient", reason))
                 continue
             self_check = "the gradient against itself: 1 up to the noise of the run" if method == "gradient" else ""
-            rows.append(Row(SECTION, name, method, threads, ratio, "× gradient", join_remarks(batch, self_check)))
+            rows.append(Row(SECTION, name, method, threads, ratio, "× gradient", join_remarks(batch, self_check, fewer)))
     return rows
 
 
 def section(quick: bool) -> list[Row]:
-    """The section as the suite runs it: 256 test digits, 5 interleaved runs per method, on the
-    timing CNN and the residual network (``--quick``: 32 digits, one run)."""
+    """The section as the suite runs it: 256 test digits, 5 interleaved runs per method (3 for
+    those of :data:`MANY_PASSES`), on the timing CNN and the residual network (``--quick``: 32
+    digits, one run)."""
     x, _ = unn.data.load_mnist("test")
     x = x[: 32 if quick else 256]
     models = {name: unn.models.load(name) for name in MODELS}
-    return method_ratios(models, x, repeats=1 if quick else 5)
+    if quick:
+        return method_ratios(models, x, repeats=1)
+    return method_ratios(models, x, repeats=5, repeats_of=dict.fromkeys(MANY_PASSES, 3))
 
 
 if __name__ == "__main__":
