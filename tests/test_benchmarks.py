@@ -51,12 +51,14 @@ def saved_conv_model(tmp_path_factory, conv_model) -> str:
 
 def test_ratio_section_times_methods_and_says_why_one_does_not_apply(conv_model, digits, tmp_path):
     x, _ = digits
-    rows = method_ratios({"conv_net": conv_model}, x[:4], repeats=1, methods=["gradient", "lrp.epsilon", "cam"])
+    rows = method_ratios({"conv_net": conv_model}, x[:4], repeats=1, methods=["gradient", "lrp.epsilon", "cam"],
+                         repeats_of={"lrp.epsilon": 2})
     assert [row.case for row in rows] == ["one gradient (forward + backward)", "gradient", "lrp.epsilon", "cam"]
     assert [row.unit for row in rows] == ["ms", "× gradient", "× gradient", "× gradient"]
     _check_values(rows)
     with pytest.raises(unn.UnsupportedModelError) as refusal:  # no global-average-pooling head
         unn.explain(conv_model, x[:4], "cam")
+    assert "2 runs of it and of the gradient, the others 1" in rows[2].note
     cam = rows[-1]
     assert cam.value is None and f"{NOT_APPLICABLE}: {refusal.value}" in cam.note
 
@@ -130,6 +132,11 @@ def test_streaming_section_rows(saved_conv_model, monkeypatch):
         ("tf.data.Dataset of 600 to .npy: rate", "× array in memory"),
     ]
     _check_values(rows)
+
+
+def test_the_ratio_section_refuses_repeats_for_a_method_it_does_not_know(conv_model, digits):
+    with pytest.raises(ValueError, match="repeats_of names no method.*smooth_grad"):
+        method_ratios({"conv_net": conv_model}, digits[0][:2], repeats=1, repeats_of={"smooth_grad": 3})
 
 
 def test_a_row_refuses_a_value_that_is_not_a_measurement():
