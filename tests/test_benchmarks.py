@@ -1,6 +1,6 @@
 """The benchmark suite (benchmarks/, `make bench`) on tiny untrained models: every section's table
 has the expected columns and finite positive values, cases that do not apply say why, the CSV
-round-trips."""
+round-trips, and the README shows the table generated from the committed CSV."""
 
 from __future__ import annotations
 
@@ -153,6 +153,15 @@ def test_a_section_is_chosen_by_name(capsys):
     message = capsys.readouterr().err
     assert "--section" in message and "'speed'" in message and "'ratios'" in message
     assert run.parse_arguments(["--section", "pixel flipping", "--quick"]).section == ["pixel flipping"]
+
+
+def test_readme_shows_the_table_generated_from_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(run.README_START) + len(run.README_START), readme.index(run.README_END)
+    rows, machine = read_csv(run.RESULTS)
+    assert {row.section for row in rows} == set(run.SECTIONS)  # a full run
+    assert machine.get("quick") == "False"
+    assert readme[start:end].strip() == run.markdown(rows, machine)
 
 
 def test_a_fresh_process_loads_the_same_network(saved_conv_model, conv_model, digits):
