@@ -452,3 +452,17 @@ def test_pixel_flipping_of_a_stream_names_the_batch_whose_relevance_is_missing(c
     with pytest.raises(BatchError, match=r"batch 4 of 4 .*relevance ended"):
         three_batches = (full[i : i + 16] for i in range(0, 48, 16))
         unn.metrics.pixel_flipping(conv_model, stream, three_batches, patch_size=7)
+
+
+@pytest.mark.parametrize("method, params", [("integrated_gradients", {"baseline": "uniform", "steps": 4}),
+                                            ("deeplift", {"reference": "uniform"})])
+def test_the_uniform_reference_gives_every_input_the_same_noise_in_any_batching(conv_model, data, tmp_path, method, params):
+    x, y = data
+    expected = unn.explain(conv_model, x, method, y, **params)
+    stream = ((x[i : i + 7], y[i : i + 7]) for i in range(0, len(x), 7))
+    assert_same(unn.explain(conv_model, stream, method, **params), expected)
+    assert_same(unn.explain(conv_model, x, method, y, out=tmp_path / "R.npy", batch_size=16, **params), expected)
+    # The noise itself: rows 30 to 39 of the whole draw, whatever batch they come in.
+    whole = np.random.default_rng(0).uniform(0, 1, size=x.shape)
+    with streaming.batch_offset(30):
+        np.testing.assert_array_equal(streaming.uniform_rows(0, 0.0, 1.0, (10, *x.shape[1:])), whole[30:40])

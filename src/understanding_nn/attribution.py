@@ -36,12 +36,14 @@ from .propagation import UnsupportedModelError, symbolic_io, trace
 from .streaming import (
     BatchError,
     NpyWriter,
+    batch_offset,
     checked_batches,
     distributed,
     is_stream,
     progress_bar,
     progress_setting,
     stream_length,
+    uniform_rows,
 )
 
 __all__ = [
@@ -232,8 +234,12 @@ def explain_batches(
         data = _array_batches(model, data, target, batch_size)
         target = None  # the targets travel with their rows
     with progress_setting(progress), progress_bar(stream_length(data), unit="batch") as bar:
-        for _, _, xb, batch_target in checked_batches(data, batch_checker(model, target)):
-            yield function(model, xb, batch_target, **params)
+        for _, start, xb, batch_target in checked_batches(data, batch_checker(model, target)):
+            # Computed inside the context, yielded outside it: the caller's own code between two
+            # batches must not see this batch's offset.
+            with batch_offset(start):
+                relevance = function(model, xb, batch_target, **params)
+            yield relevance
             bar.update()
 
 
@@ -601,7 +607,8 @@ def resolve_reference(
 
     ``reference`` is ``"zeros"`` (a black image), ``"blur"`` (each input blurred with a Gaussian
     of ``blur_sigma`` pixels), ``"uniform"`` (uniform noise on the book's pixel range [0, 1],
-    drawn with ``seed``; refused for inputs outside that range), or an array: one input (for example the mean training image, broadcast to
+    drawn with ``seed`` for each input by its position in the data set, see
+    :func:`understanding_nn.streaming.uniform_rows`; refused for inputs outside that range), or an array: one input (for example the mean training image, broadcast to
     every sample) or one reference per sample. ``name`` is what error messages call it.
     """
     if isinstance(reference, str):
@@ -617,7 +624,7 @@ def resolve_reference(
                     f"[{low:.3g}, {high:.3g}]; pass an array instead, for example "
                     f"np.random.default_rng(0).uniform({low:.3g}, {high:.3g}, size=x.shape[1:])"
                 )
-            return np.random.default_rng(seed).uniform(0.0, 1.0, size=x.shape).astype(np.float32)
+            return uniform_rows(seed, 0.0, 1.0, x.shape).astype(np.float32)
         raise ValueError(f"{name} must be 'zeros', 'blur', 'uniform' or an array, got {reference!r}")
     reference = np.asarray(reference.numpy() if isinstance(reference, tf.Tensor) else reference)
     if reference.dtype.kind not in "fiu":

@@ -48,6 +48,7 @@ __all__ = [
     "read_batches",
     "replicas",
     "stream_length",
+    "uniform_rows",
     "watching",
 ]
 
@@ -152,6 +153,34 @@ def checked_batches(
         start += len(x)
     if start == 0:
         raise BatchError("the stream yielded no batches")
+
+
+_first_sample: contextvars.ContextVar[int] = contextvars.ContextVar("first_sample", default=0)
+
+
+@contextlib.contextmanager
+def batch_offset(start: int) -> Iterator[None]:
+    """Within this context, the inputs being explained are those from index ``start`` on of a
+    larger whole (a stream, or an array cut into batches): see :func:`uniform_rows`."""
+    token = _first_sample.set(int(start))
+    try:
+        yield
+    finally:
+        _first_sample.reset(token)
+
+
+def uniform_rows(seed: int, low: float, high: float, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform noise on ``[low, high)`` for a batch of ``shape``: the batch's rows of the draw
+    ``numpy.random.default_rng(seed).uniform(low, high, (N, *shape[1:]))`` made for the whole
+    data set, starting at the row :func:`batch_offset` gives (0 outside any).
+
+    The generator jumps ahead to the batch's first row (PCG64 ``advance``) instead of drawing the
+    rows before it, so every input gets the same noise whether it comes in an array, in a stream
+    or in a batch of another size.
+    """
+    generator = np.random.PCG64(seed)
+    generator.advance(_first_sample.get() * int(np.prod(shape[1:], dtype=np.int64)))
+    return np.random.Generator(generator).uniform(low, high, size=shape)
 
 
 class NpyWriter:
