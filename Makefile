@@ -1,6 +1,6 @@
-# The two commands of the README: `make book` builds the site, `make test` runs every test.
-# Both create .venv and install the pinned dependencies on their first run; after that they
-# need no network.
+# The two set-up commands of the README: `make book` builds the site, `make test` runs every
+# test. Both create .venv and install the pinned dependencies on their first run; after that they
+# need no network. `make bench` (a third command, not part of the tests) runs benchmarks/.
 
 SHELL := /bin/bash
 PYTHON ?= python3
