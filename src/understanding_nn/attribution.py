@@ -13,7 +13,11 @@ every method, what each method would otherwise repeat:
   problem;
 * resolves the target: an int for every sample, one class index per sample, or ``None`` for the
   class the model predicts;
-* splits the batch and runs the method's compiled per-batch function on each part.
+* splits the batch and runs the method's compiled per-batch function on each part (on every
+  replica of a ``tf.distribute`` strategy, with a progress bar where a person is watching);
+* reads a stream of batches (a ``tf.data.Dataset``, any iterable) one batch at a time, writing
+  the results to disk if asked (:func:`explain_batches`; the machinery is in
+  :mod:`understanding_nn.streaming`).
 
 A method is a plain function ``method(model, x, target=None, *, batch_size=..., **params)``
 registered under its name with :func:`register`; :func:`explain` dispatches to it by name and
@@ -23,9 +27,9 @@ registered under its name with :func:`register`; :func:`explain` dispatches to i
 from __future__ import annotations
 
 import inspect
+import pathlib
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-import pathlib
 from typing import Any, Union
 
 import keras

@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import pathlib
 import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-import pathlib
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,9 @@ import tensorflow as tf
 __all__ = [
     "BatchError",
     "NpyWriter",
-    "checked_batches",
     "ProgressBar",
+    "batch_offset",
+    "checked_batches",
     "distributed",
     "is_stream",
     "progress_bar",
